@@ -1,0 +1,39 @@
+# availmon: the two commands are `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= config.example.toml
+PREFIX ?= /opt/availmon
+DESTDIR ?=
+SYSCONFDIR ?= /etc/availmon
+UNITDIR ?= /etc/systemd/system
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: run test lint typecheck unit install bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+run: venv
+	$(BIN)/availmon --config $(CONFIG) migrate
+	$(BIN)/availmon --config $(CONFIG) run
+
+lint: venv
+	$(BIN)/ruff check availmon tests
+	$(BIN)/ruff format --check availmon tests
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q
+
+install:
+	PYTHON=$(PYTHON) PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) SYSCONFDIR=$(SYSCONFDIR) \
+	UNITDIR=$(UNITDIR) sh systemd/install.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

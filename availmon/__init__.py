@@ -1,0 +1,3 @@
+"""availmon: service-availability monitoring daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from availmon.cli import main
+
+sys.exit(main())

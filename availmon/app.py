@@ -1,0 +1,201 @@
+"""Composition root: settings -> objects, started in dependency order on one AsyncExitStack and
+stopped in reverse. Nothing else in the package builds long-lived objects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+from aiohttp import web
+
+from availmon.api import ApiDeps, create_app
+from availmon.clock import Clock, SystemClock
+from availmon.config import Settings
+from availmon.errors import StorageError
+from availmon.logs import get_logger
+from availmon.model import Endpoint
+from availmon.probes import ProbeContext
+from availmon.runner import Monitor, thresholds_of
+from availmon.scheduler import CheckScheduler
+from availmon.services import (
+    AvailabilityService,
+    Fleet,
+    OutageManagementService,
+    ServiceAvailabilityCollector,
+)
+from availmon.state import OutageStateMachine
+from availmon.store import EmbeddedPostgres, Repository, StatusWriter, apply_migrations
+
+log = get_logger("availmon.app")
+
+
+@dataclass
+class Daemon:
+    settings: Settings
+    repo: Repository
+    writer: StatusWriter
+    monitor: Monitor
+    scheduler: CheckScheduler
+    fleet: Fleet
+    availability: AvailabilityService
+    collector: ServiceAvailabilityCollector
+    outages: OutageManagementService
+    api_port: int | None = None
+
+
+@asynccontextmanager
+async def open_repository(settings: Settings) -> AsyncIterator[Repository]:
+    """The configured PostgreSQL, or an embedded one in state_dir when no DSN is set."""
+    async with AsyncExitStack() as stack:
+        if settings.database.dsn is not None and settings.database.dsn.get_secret_value():
+            dsn = settings.database.dsn.get_secret_value()
+            log.info("database_external")
+        else:
+            state_dir = settings.daemon.state_dir
+            try:
+                state_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot create state_dir {state_dir}: {exc}") from None
+            embedded = EmbeddedPostgres(state_dir)
+            dsn = await embedded.start()
+            stack.push_async_callback(embedded.stop)
+            log.info("database_embedded", pgdata=str(state_dir / "pgdata"))
+        try:
+            repo = await Repository.connect(dsn, settings.database.pool_size)
+        except (TimeoutError, OSError) as exc:
+            raise StorageError(f"cannot connect to PostgreSQL: {exc}") from None
+        stack.push_async_callback(repo.close)
+        yield repo
+
+
+async def restore_state(repo: Repository, monitor: Monitor, endpoints: list[Endpoint]) -> None:
+    """Rebuild counters and open outages, so a restart continues episodes, never duplicates."""
+    active = [e for e in endpoints if e.spec.is_active]
+    if not active:
+        return
+    open_by_endpoint = {o.endpoint_id: o for o in await repo.open_outages()}
+    depth = max(max(e.spec.failure_threshold, e.spec.recovery_threshold) for e in active) + 1
+    recent = await repo.recent_statuses([e.id for e in active], depth)
+    since = await repo.status_since()
+    for endpoint in active:
+        outage = open_by_endpoint.get(endpoint.id)
+        machine = OutageStateMachine.restore(
+            thresholds_of(endpoint), outage, recent.get(endpoint.id, []), since.get(endpoint.id)
+        )
+        monitor.watch(endpoint, machine=machine, outage_id=outage.id if outage else None)
+    log.info("state_restored", endpoints=len(active), open_outages=len(open_by_endpoint))
+
+
+@asynccontextmanager
+async def build_daemon(settings: Settings, clock: Clock | None = None) -> AsyncIterator[Daemon]:
+    clock = clock or SystemClock()
+    async with AsyncExitStack() as stack:
+        repo = await stack.enter_async_context(open_repository(settings))
+        applied = await apply_migrations(repo.pool)
+        if applied:
+            log.info("migrations_applied", versions=applied)
+        await repo.ensure_partitions(
+            (clock.now() - timedelta(days=1)).date(), settings.database.partition_days_ahead
+        )
+        endpoints = await repo.sync_config_endpoints(settings.endpoint_specs)
+        db = settings.database
+        writer = StatusWriter(repo, db.batch_size, db.flush_interval, db.queue_size)
+        await writer.start()
+        stack.push_async_callback(writer.stop)
+        probe_context = ProbeContext()
+        stack.push_async_callback(probe_context.close)
+        monitor = Monitor(
+            clock=clock,
+            probe_context=probe_context,
+            max_concurrency=settings.scheduler.max_concurrency,
+            sink=writer,
+            store=repo,
+        )
+        await restore_state(repo, monitor, endpoints)
+        scheduler = CheckScheduler(monitor.check, tick_interval=settings.scheduler.tick_interval)
+        fleet = Fleet(monitor, scheduler)
+        for endpoint in endpoints:
+            fleet.apply(endpoint)
+        daemon = Daemon(
+            settings=settings,
+            repo=repo,
+            writer=writer,
+            monitor=monitor,
+            scheduler=scheduler,
+            fleet=fleet,
+            availability=AvailabilityService(repo, fleet),
+            collector=ServiceAvailabilityCollector(repo, monitor),
+            outages=OutageManagementService(repo),
+        )
+        if settings.api.enabled:
+            daemon.api_port = await _start_api(stack, daemon)
+        scheduler.add_job(
+            repo.ensure_partitions_for_today,
+            "interval",
+            hours=1,
+            kwargs={"days_ahead": db.partition_days_ahead},
+            id="availmon-partitions",
+        )
+        scheduler.start()
+        stack.push_async_callback(_drain, scheduler, settings.daemon.shutdown_timeout)
+        log.info(
+            "availmon_started",
+            endpoints=len(monitor),
+            api=f"{settings.api.host}:{daemon.api_port}" if daemon.api_port else None,
+        )
+        yield daemon
+
+
+async def _drain(scheduler: CheckScheduler, timeout: float) -> None:
+    cancelled = await scheduler.stop(timeout)
+    log.info("checks_stopped", cancelled_in_flight=cancelled)
+
+
+async def _start_api(stack: AsyncExitStack, daemon: Daemon) -> int:
+    api = daemon.settings.api
+    token = api.token.get_secret_value() if api.token else None
+    app = create_app(
+        ApiDeps(
+            availability=daemon.availability,
+            collector=daemon.collector,
+            outages=daemon.outages,
+            token=token or None,
+            max_body_bytes=api.max_body_bytes,
+        )
+    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    site = web.TCPSite(runner, api.host, api.port)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else api.port
+
+
+async def run_daemon(settings: Settings) -> int:
+    """`availmon run`: until SIGTERM or SIGINT; exit code 0 on a clean stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with build_daemon(settings):
+            await stop.wait()
+            log.info("availmon_stopping")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+    log.info("availmon_stopped")
+    return 0
+
+
+async def run_migrations(settings: Settings) -> list[str]:
+    async with open_repository(settings) as repo:
+        return await apply_migrations(repo.pool)

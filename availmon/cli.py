@@ -1,0 +1,196 @@
+"""Command line: run, migrate, validate, check.
+
+`availmon check` exits like a Nagios plugin: 0 UP, 1 DEGRADED, 2 DOWN, 3 UNKNOWN (bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from availmon.clock import SystemClock
+from availmon.config import Settings, load_settings
+from availmon.errors import AvailmonError, ConfigError, FieldError, field_errors
+from availmon.logs import configure_logging, get_logger
+from availmon.model import ENDPOINT_ADAPTER, AnyEndpoint, Endpoint, EndpointSource, Status
+
+DEFAULT_CONFIG = "/etc/availmon/config.toml"
+EXIT_BY_STATUS = {Status.UP: 0, Status.DEGRADED: 1, Status.DOWN: 2}
+EXIT_UNKNOWN = 3
+EXIT_CONFIG = 2  # run/migrate/validate: config invalid or storage unusable
+
+
+def _parser() -> argparse.ArgumentParser:
+    config_help = f"config file (default: $AVAILMON_CONFIG or {DEFAULT_CONFIG})"
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", default=argparse.SUPPRESS, help=config_help)
+    parser = argparse.ArgumentParser(prog="availmon", parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", parents=[common], help="run the daemon")
+    sub.add_parser("migrate", parents=[common], help="apply pending database migrations")
+    sub.add_parser("validate", parents=[common], help="check the config file; exit 0 if valid")
+    check = sub.add_parser(
+        "check", parents=[common], help="check one endpoint now (no database needed)"
+    )
+    check.add_argument("target", metavar="NAME_OR_URL")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.add_argument("--timeout", type=float, help="seconds per attempt (URL targets)")
+    check.add_argument("--retries", type=int, help="extra attempts (URL targets)")
+    check.add_argument("--expect-status", help="status code(s) or class, comma separated")
+    check.add_argument("--pattern", help="regex the body (or TCP bytes) must match")
+    check.add_argument("--send", help="bytes to send on TCP")
+    check.add_argument("--degraded-ms", type=float, help="degraded above this response time")
+    return parser
+
+
+def _config_path(args: argparse.Namespace) -> tuple[Path, bool]:
+    given = getattr(args, "config", None) or os.environ.get("AVAILMON_CONFIG")
+    return Path(given or DEFAULT_CONFIG), given is not None
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    path, _ = _config_path(args)
+    return load_settings(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {
+        "run": _cmd_run,
+        "migrate": _cmd_migrate,
+        "validate": _cmd_validate,
+        "check": _cmd_check,
+    }[args.command]
+    return handler(args)
+
+
+def _report_config_error(exc: ConfigError) -> None:
+    sys.stderr.write("config invalid:\n" + "".join(f"  {line}\n" for line in exc.lines))
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        _report_config_error(exc)
+        return EXIT_CONFIG
+    path, _ = _config_path(args)
+    sys.stdout.write(f"{path}: ok ({len(settings.endpoints)} endpoints)\n")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from availmon.app import run_daemon
+
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        _report_config_error(exc)
+        return EXIT_CONFIG
+    configure_logging(settings.logging.level, settings.logging.format)
+    try:
+        return asyncio.run(run_daemon(settings))
+    except AvailmonError as exc:
+        get_logger("availmon").error("availmon_failed", error=str(exc))
+        return EXIT_CONFIG
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from availmon.app import run_migrations
+
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        _report_config_error(exc)
+        return EXIT_CONFIG
+    configure_logging(settings.logging.level, settings.logging.format)
+    try:
+        applied = asyncio.run(run_migrations(settings))
+    except AvailmonError as exc:
+        get_logger("availmon").error("migrate_failed", error=str(exc))
+        return EXIT_CONFIG
+    get_logger("availmon").info("migrate_done", applied=applied or [])
+    return 0
+
+
+def _adhoc_spec(args: argparse.Namespace) -> AnyEndpoint:
+    timeout = args.timeout if args.timeout is not None else 10.0
+    data: dict[str, Any] = {
+        "name": "check",
+        "url": args.target,
+        "timeout": timeout,
+        "check_interval": max(60.0, timeout + 1),
+    }
+    if args.retries is not None:
+        data["retries"] = args.retries
+    if args.expect_status:
+        data["expected_status_code"] = [s.strip() for s in args.expect_status.split(",")]
+    if args.pattern is not None:
+        data["expected_pattern"] = args.pattern
+    if args.send is not None:
+        data["send"] = args.send
+    if args.degraded_ms is not None:
+        data["degraded_threshold_ms"] = args.degraded_ms
+    return ENDPOINT_ADAPTER.validate_python(data)
+
+
+def _resolve_target(args: argparse.Namespace) -> AnyEndpoint:
+    path, explicit = _config_path(args)
+    if explicit or path.exists():
+        settings = load_settings(path)
+        for spec in settings.endpoint_specs:
+            if spec.name == args.target:
+                return spec
+    if "://" not in args.target:
+        raise ConfigError(
+            str(path), [FieldError("target", f"no endpoint named {args.target!r} and not a URL")]
+        )
+    return _adhoc_spec(args)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    configure_logging("warning", "logfmt", stream=sys.stderr)
+    try:
+        spec = _resolve_target(args)
+    except ConfigError as exc:
+        _report_config_error(exc)
+        return EXIT_UNKNOWN
+    except ValidationError as exc:
+        for problem in field_errors(exc):
+            sys.stderr.write(f"invalid target: {problem.field}: {problem.message}\n")
+        return EXIT_UNKNOWN
+    result = asyncio.run(_check_once(spec))
+    if args.json:
+        sys.stdout.write(json.dumps({"name": spec.name, "url": spec.url, **result}) + "\n")
+    else:
+        rt = result["response_time_ms"]
+        timing = f" {rt:.1f} ms" if rt is not None else ""
+        error = f" - {result['error']}" if result["error"] else ""
+        sys.stdout.write(f"{result['status']} {spec.url} ({result['reason']}){timing}{error}\n")
+    status = Status(result["status"])
+    return EXIT_BY_STATUS.get(status, EXIT_UNKNOWN)
+
+
+async def _check_once(spec: AnyEndpoint) -> dict[str, Any]:
+    from availmon.probes import ProbeContext
+    from availmon.runner import Monitor
+
+    context = ProbeContext()
+    try:
+        monitor = Monitor(clock=SystemClock(), probe_context=context, max_concurrency=1)
+        monitor.watch(Endpoint(0, spec, EndpointSource.CONFIG))
+        result = await monitor.check(0)
+        return result.to_json()
+    finally:
+        await context.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

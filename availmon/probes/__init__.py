@@ -1,0 +1,20 @@
+"""Probe registry: protocol name -> probe class. Adding a protocol adds one line here."""
+
+from __future__ import annotations
+
+from availmon.model import AnyEndpoint
+from availmon.probes.base import Probe, ProbeContext
+from availmon.probes.http import HttpProbe
+from availmon.probes.tcp import TcpProbe
+
+PROBES: dict[str, type[Probe]] = {}  # type: ignore[type-arg]
+for _cls in (HttpProbe, TcpProbe):
+    for _protocol in _cls.protocols:
+        PROBES[_protocol] = _cls
+
+
+def build_probe(spec: AnyEndpoint, context: ProbeContext) -> Probe:  # type: ignore[type-arg]
+    return PROBES[spec.protocol.value](spec, context)
+
+
+__all__ = ["PROBES", "Probe", "ProbeContext", "build_probe"]

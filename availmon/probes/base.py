@@ -1,0 +1,135 @@
+"""The probe interface: a probe gets its validated spec once and a timeout per attempt.
+
+A probe is built once per endpoint (so patterns, SSL contexts and request data are prepared
+once, not on every check) and its `attempt()` is called for each attempt of each check. It
+returns a ProbeResult and never raises for a failed check: failure is data. It knows nothing
+of scheduling, storage or outages. Retries and the outer deadline belong to the runner.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, ClassVar, Generic, TypeVar
+
+import aiohttp
+from aiohttp.connector import Connection
+
+from availmon.model import AnyEndpoint, ProbeResult, Reason, Status
+
+SpecT = TypeVar("SpecT", bound=AnyEndpoint)
+
+_TraceHandler = Callable[[aiohttp.ClientSession, SimpleNamespace, object], Awaitable[None]]
+
+
+def _stamp(event: str) -> _TraceHandler:
+    async def stamp(session: aiohttp.ClientSession, ctx: SimpleNamespace, params: object) -> None:
+        marks = ctx.trace_request_ctx
+        if isinstance(marks, dict):
+            marks[event] = time.perf_counter()
+
+    return stamp
+
+
+def _http_trace_config() -> aiohttp.TraceConfig:
+    """One TraceConfig for the shared session (aiohttp attaches them per session, not request).
+
+    A request that passes a dict as `trace_request_ctx` gets a time.perf_counter() stamp under
+    each event's name (the latest wins: after a redirect the next hop overwrites them).
+    """
+    config = aiohttp.TraceConfig()
+    config.on_request_start.append(_stamp("request_start"))
+    config.on_dns_resolvehost_start.append(_stamp("dns_resolvehost_start"))
+    config.on_dns_resolvehost_end.append(_stamp("dns_resolvehost_end"))
+    config.on_connection_create_start.append(_stamp("connection_create_start"))
+    config.on_connection_create_end.append(_stamp("connection_create_end"))
+    config.on_request_headers_sent.append(_stamp("request_headers_sent"))
+    config.on_request_redirect.append(_stamp("request_redirect"))
+    config.on_request_end.append(_stamp("request_end"))
+    return config
+
+
+HTTP_TRACE_CONFIG = _http_trace_config()
+
+
+class PeerAddressResponse(aiohttp.ClientResponse):
+    """Remembers the peer's IP: with force_close the connection is gone once the body is in."""
+
+    peer_address: str | None = None
+
+    async def start(self, connection: Connection) -> aiohttp.ClientResponse:
+        transport = connection.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        if isinstance(peer, tuple) and peer:
+            self.peer_address = str(peer[0])
+        return await super().start(connection)
+
+
+@dataclass
+class ProbeContext:
+    """Shared, long-lived resources probes may use; created inside the running loop."""
+
+    http_session: aiohttp.ClientSession | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    async def get_http_session(self) -> aiohttp.ClientSession:
+        if self.http_session is None or self.http_session.closed:
+            # force_close: a fresh connection (and TLS handshake) on every check, so a rotated
+            # certificate or a dead backend is never hidden behind a pooled connection.
+            connector = aiohttp.TCPConnector(
+                force_close=True, limit=0, ttl_dns_cache=10, enable_cleanup_closed=True
+            )
+            self.http_session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=True,
+                trust_env=False,
+                cookie_jar=None,
+                trace_configs=[HTTP_TRACE_CONFIG],
+                response_class=PeerAddressResponse,
+            )
+        return self.http_session
+
+    async def close(self) -> None:
+        if self.http_session is not None and not self.http_session.closed:
+            await self.http_session.close()
+
+
+class Probe(abc.ABC, Generic[SpecT]):
+    protocols: ClassVar[tuple[str, ...]]
+
+    def __init__(self, spec: SpecT, context: ProbeContext) -> None:
+        self.spec = spec
+        self.context = context
+
+    @abc.abstractmethod
+    async def attempt(self, timeout: float) -> ProbeResult:
+        """One attempt, bounded by `timeout` seconds; a timeout is reported as Reason.TIMEOUT."""
+
+    def grade(self, response_time_ms: float | None, details: dict[str, Any]) -> ProbeResult:
+        """A correct answer: UP, or DEGRADED when slower than degraded_threshold_ms."""
+        threshold = self.spec.degraded_threshold_ms
+        if threshold is not None and response_time_ms is not None and response_time_ms > threshold:
+            return ProbeResult(
+                Status.DEGRADED,
+                Reason.SLOW,
+                response_time_ms,
+                f"response took {response_time_ms:.1f} ms (degraded above {threshold:g} ms)",
+                details=details,
+            )
+        return ProbeResult(Status.UP, Reason.OK, response_time_ms, None, details=details)
+
+
+def elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000.0, 3)
+
+
+def down(
+    reason: Reason,
+    error: str,
+    response_time_ms: float | None = None,
+    details: dict[str, Any] | None = None,
+) -> ProbeResult:
+    return ProbeResult(Status.DOWN, reason, response_time_ms, error, details=details or {})

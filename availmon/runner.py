@@ -1,0 +1,259 @@
+"""Run one check: probe (with retries, under the concurrency limit and a deadline) -> state
+machine -> writer queue and outage store.
+
+The Monitor holds every watched endpoint's probe and state. It knows nothing of scheduling:
+the scheduler (or an API "check now") calls `check(endpoint_id)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from availmon.clock import Clock
+from availmon.logs import get_logger
+from availmon.model import (
+    Endpoint,
+    Outage,
+    ProbeResult,
+    Reason,
+    Severity,
+    Status,
+    StatusRow,
+)
+from availmon.probes import Probe, ProbeContext, build_probe
+from availmon.state import (
+    OutageClosed,
+    OutageOpened,
+    OutageStateMachine,
+    StatusChanged,
+    Thresholds,
+    Transition,
+)
+
+log = get_logger("availmon.runner")
+
+# A probe that overruns its own per-attempt timeout by this much is cut by the runner.
+DEADLINE_GRACE_S = 1.0
+STORE_CALL_TIMEOUT_S = 10.0
+
+
+class ResultSink(Protocol):
+    def submit(self, row: StatusRow) -> bool: ...
+
+
+class OutageStore(Protocol):
+    async def open_outage(
+        self,
+        endpoint_id: int,
+        severity: Severity,
+        started_at: datetime,
+        opened_at: datetime,
+        reason: str | None,
+        error: str | None,
+    ) -> Outage: ...
+
+    async def close_outage(self, outage_id: int, ended_at: datetime) -> None: ...
+
+    async def record_status_change(
+        self, endpoint_id: int, status: Status, since: datetime
+    ) -> None: ...
+
+
+def thresholds_of(endpoint: Endpoint) -> Thresholds:
+    spec = endpoint.spec
+    return Thresholds(spec.failure_threshold, spec.recovery_threshold, spec.severity)
+
+
+@dataclass
+class Watched:
+    endpoint: Endpoint
+    probe: Probe  # type: ignore[type-arg]
+    machine: OutageStateMachine
+    log: Any
+    outage_id: int | None = None
+    last_result: ProbeResult | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def running(self) -> bool:
+        return self.lock.locked()
+
+
+class Monitor:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        probe_context: ProbeContext,
+        max_concurrency: int,
+        sink: ResultSink | None = None,
+        store: OutageStore | None = None,
+    ) -> None:
+        self._clock = clock
+        self._context = probe_context
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._sink = sink
+        self._store = store
+        self._watched: dict[int, Watched] = {}
+        self.checks_executed = 0
+        self.in_flight = 0
+
+    def __contains__(self, endpoint_id: int) -> bool:
+        return endpoint_id in self._watched
+
+    def __len__(self) -> int:
+        return len(self._watched)
+
+    def get(self, endpoint_id: int) -> Watched:
+        return self._watched[endpoint_id]
+
+    def all(self) -> list[Watched]:
+        return list(self._watched.values())
+
+    def watch(
+        self,
+        endpoint: Endpoint,
+        machine: OutageStateMachine | None = None,
+        outage_id: int | None = None,
+    ) -> Watched:
+        """Start watching an endpoint, or swap in a changed spec keeping its state."""
+        existing = self._watched.get(endpoint.id)
+        probe = build_probe(endpoint.spec, self._context)
+        if existing is not None and machine is None:
+            existing.endpoint = endpoint
+            existing.probe = probe
+            existing.machine.thresholds = thresholds_of(endpoint)
+            existing.log = log.bind(endpoint_id=endpoint.id, endpoint_name=endpoint.name)
+            return existing
+        watched = Watched(
+            endpoint=endpoint,
+            probe=probe,
+            machine=machine or OutageStateMachine(thresholds_of(endpoint)),
+            log=log.bind(endpoint_id=endpoint.id, endpoint_name=endpoint.name),
+            outage_id=outage_id,
+        )
+        self._watched[endpoint.id] = watched
+        return watched
+
+    def unwatch(self, endpoint_id: int) -> None:
+        self._watched.pop(endpoint_id, None)
+
+    async def check(self, endpoint_id: int) -> ProbeResult:
+        """One full check now: wait for any in-flight check of the same endpoint first."""
+        watched = self._watched[endpoint_id]
+        async with watched.lock:
+            return await self._check_locked(watched)
+
+    async def _check_locked(self, watched: Watched) -> ProbeResult:
+        async with self._semaphore:
+            self.in_flight += 1
+            try:
+                checked_at = self._clock.now()
+                result = await self._attempts(watched)
+            finally:
+                self.in_flight -= 1
+        result.checked_at = checked_at
+        self.checks_executed += 1
+        watched.last_result = result
+        transitions = watched.machine.observe(
+            result.status, checked_at, result.reason.value, result.error
+        )
+        watched.log.debug(
+            "check_done",
+            status=result.status.value,
+            reason=result.reason.value,
+            response_time_ms=result.response_time_ms,
+            attempts=result.attempts,
+        )
+        if self._sink is not None:
+            self._sink.submit(
+                StatusRow(
+                    endpoint_id=watched.endpoint.id,
+                    checked_at=checked_at,
+                    status=result.status,
+                    reason=result.reason,
+                    response_time_ms=result.response_time_ms,
+                    error=result.error,
+                    attempts=result.attempts,
+                    details=result.details,
+                )
+            )
+        if transitions:
+            await self._apply(watched, transitions)
+        return result
+
+    async def _attempts(self, watched: Watched) -> ProbeResult:
+        spec = watched.endpoint.spec
+        result = ProbeResult(Status.UNKNOWN, Reason.INTERNAL_ERROR, error="no attempt made")
+        for attempt in range(1, spec.retries + 2):
+            result = await self._one_attempt(watched, spec.timeout)
+            result.attempts = attempt
+            if result.status is not Status.DOWN:
+                break
+        return result
+
+    async def _one_attempt(self, watched: Watched, timeout: float) -> ProbeResult:
+        try:
+            async with asyncio.timeout(timeout + DEADLINE_GRACE_S):
+                return await watched.probe.attempt(timeout)
+        except TimeoutError:
+            return ProbeResult(
+                Status.DOWN,
+                Reason.TIMEOUT,
+                None,
+                f"no result within {timeout:g} s (probe overran its deadline)",
+            )
+        except Exception as exc:  # a probe bug must cost one check, never the daemon
+            watched.log.exception("probe_crashed")
+            return ProbeResult(Status.UNKNOWN, Reason.INTERNAL_ERROR, None, repr(exc))
+
+    async def _apply(self, watched: Watched, transitions: list[Transition]) -> None:
+        endpoint_id = watched.endpoint.id
+        for transition in transitions:
+            try:
+                await self._apply_one(watched, endpoint_id, transition)
+            except Exception as exc:
+                watched.log.error(
+                    "transition_not_stored", transition=type(transition).__name__, error=repr(exc)
+                )
+
+    async def _apply_one(self, watched: Watched, endpoint_id: int, transition: Transition) -> None:
+        store = self._store
+        if isinstance(transition, StatusChanged):
+            level = "warning" if transition.current is Status.DOWN else "info"
+            getattr(watched.log, level)(
+                "status_changed",
+                previous=transition.previous.value if transition.previous else None,
+                status=transition.current.value,
+            )
+            if store is not None:
+                async with asyncio.timeout(STORE_CALL_TIMEOUT_S):
+                    await store.record_status_change(endpoint_id, transition.current, transition.at)
+        elif isinstance(transition, OutageOpened):
+            watched.log.warning(
+                "outage_opened",
+                severity=transition.severity.value,
+                started_at=transition.started_at.isoformat(),
+                reason=transition.reason,
+            )
+            if store is not None:
+                async with asyncio.timeout(STORE_CALL_TIMEOUT_S):
+                    outage = await store.open_outage(
+                        endpoint_id,
+                        transition.severity,
+                        transition.started_at,
+                        transition.opened_at,
+                        transition.reason,
+                        transition.error,
+                    )
+                watched.outage_id = outage.id
+        elif isinstance(transition, OutageClosed):
+            duration = (transition.ended_at - transition.started_at).total_seconds()
+            watched.log.info("outage_closed", outage_id=watched.outage_id, duration_s=duration)
+            if store is not None and watched.outage_id is not None:
+                async with asyncio.timeout(STORE_CALL_TIMEOUT_S):
+                    await store.close_outage(watched.outage_id, transition.ended_at)
+            watched.outage_id = None

@@ -1,0 +1,200 @@
+"""Check scheduling: the only module that imports APScheduler.
+
+Layout, chosen by measurement (see README "Scheduling"): ONE APScheduler interval job, the
+dispatcher, runs every `tick_interval` seconds; it takes the endpoints that fall due before the
+next tick from a heap and hands each to `loop.call_at` at its exact due time. One interval job
+per endpoint costs more CPU per run and APScheduler drops runs as "missed" when thousands fall
+due in the same instant; the dispatcher keeps millisecond precision at any count.
+
+- First checks are spread across each endpoint's interval (a fixed golden-ratio offset by id),
+  so 10,000 endpoints never fall due in the same instant, and the phase survives rechecks.
+- One check per endpoint at a time: a check still running when the next falls due makes that
+  slot "skipped" (counted), never a second concurrent check.
+- After a failed (DOWN) check the next one comes after `recheck_interval` instead of a whole
+  interval, so an outage is confirmed in seconds; afterwards the endpoint returns to its phase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from availmon.logs import get_logger
+from availmon.model import ProbeResult, Status
+
+log = get_logger("availmon.scheduler")
+
+_GOLDEN = (math.sqrt(5) - 1) / 2
+LAG_SAMPLES = 10_000
+
+
+@dataclass
+class _Plan:
+    interval: float
+    recheck: float
+    anchor: float
+    generation: int
+
+
+def spread_offset(endpoint_id: int, interval: float) -> float:
+    """A stable offset in [0, interval): consecutive ids land far apart (golden-ratio walk)."""
+    return ((endpoint_id * _GOLDEN) % 1.0) * interval
+
+
+class CheckScheduler:
+    def __init__(
+        self,
+        run_check: Callable[[int], Awaitable[ProbeResult]],
+        *,
+        tick_interval: float = 0.5,
+    ) -> None:
+        self._run_check = run_check
+        self._tick_interval = tick_interval
+        self._plans: dict[int, _Plan] = {}
+        self._heap: list[tuple[float, int, int]] = []
+        self._running: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._generation = 0
+        self._stopping = False
+        self._aps = AsyncIOScheduler(timezone="UTC")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.lags: deque[float] = deque(maxlen=LAG_SAMPLES)
+        self.executed = 0
+        self.skipped = 0
+
+    # -- plan management -------------------------------------------------------------------
+    def schedule(
+        self,
+        endpoint_id: int,
+        check_interval: float,
+        recheck_interval: float,
+        first_delay: float | None = None,
+    ) -> None:
+        """Add or reschedule an endpoint; a changed endpoint gets a fresh slot."""
+        now = self._now()
+        self._generation += 1
+        delay = spread_offset(endpoint_id, check_interval) if first_delay is None else first_delay
+        plan = _Plan(check_interval, recheck_interval, now + delay, self._generation)
+        self._plans[endpoint_id] = plan
+        if endpoint_id not in self._running:
+            heapq.heappush(self._heap, (plan.anchor, plan.generation, endpoint_id))
+
+    def unschedule(self, endpoint_id: int) -> None:
+        self._plans.pop(endpoint_id, None)
+
+    def __contains__(self, endpoint_id: int) -> bool:
+        return endpoint_id in self._plans
+
+    @property
+    def scheduled_count(self) -> int:
+        return len(self._plans)
+
+    def add_job(self, func: Callable[..., Any], trigger: str, **kwargs: Any) -> None:
+        """Housekeeping jobs (partition upkeep, ...) run on the same APScheduler."""
+        self._aps.add_job(func, trigger, **kwargs)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._aps.add_job(
+            self._dispatch,
+            "interval",
+            seconds=self._tick_interval,
+            id="availmon-dispatch",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+        self._aps.start()
+        # the first tick would come one interval late; dispatch what is due right away
+        self._dispatch_sync()
+
+    async def stop(self, drain_timeout: float) -> int:
+        """Start no new check; wait up to `drain_timeout` for in-flight ones, cancel the rest.
+
+        Returns the number of checks that had to be cancelled."""
+        self._stopping = True
+        if self._aps.running:
+            self._aps.shutdown(wait=False)
+        pending = set(self._tasks)
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=drain_timeout)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=1.0)
+            return len(still)
+        return 0
+
+    # -- dispatching -----------------------------------------------------------------------
+    def _now(self) -> float:
+        loop = self._loop or asyncio.get_running_loop()
+        return loop.time()
+
+    async def _dispatch(self) -> None:
+        self._dispatch_sync()
+
+    def _dispatch_sync(self) -> None:
+        if self._stopping:
+            return
+        loop = self._loop
+        assert loop is not None
+        horizon = loop.time() + self._tick_interval
+        heap = self._heap
+        while heap and heap[0][0] <= horizon:
+            due, generation, endpoint_id = heapq.heappop(heap)
+            plan = self._plans.get(endpoint_id)
+            if plan is None or plan.generation != generation:
+                continue  # removed or rescheduled since
+            loop.call_at(due, self._launch, endpoint_id, generation, due)
+
+    def _launch(self, endpoint_id: int, generation: int, planned: float) -> None:
+        plan = self._plans.get(endpoint_id)
+        if self._stopping or plan is None or plan.generation != generation:
+            return
+        assert self._loop is not None
+        if endpoint_id in self._running:
+            self.skipped += 1
+            self._push_next(endpoint_id, plan, failed=False)
+            return
+        self._running.add(endpoint_id)
+        self.lags.append(self._loop.time() - planned)
+        task = self._loop.create_task(self._run(endpoint_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, endpoint_id: int) -> None:
+        failed = False
+        try:
+            result = await self._run_check(endpoint_id)
+            failed = result.status is Status.DOWN
+            self.executed += 1
+        except asyncio.CancelledError:
+            raise
+        except KeyError:
+            return  # endpoint removed while its check was due
+        except Exception:
+            log.exception("check_crashed", endpoint_id=endpoint_id)
+        finally:
+            self._running.discard(endpoint_id)
+        plan = self._plans.get(endpoint_id)
+        if plan is not None and not self._stopping:
+            self._push_next(endpoint_id, plan, failed)
+
+    def _push_next(self, endpoint_id: int, plan: _Plan, failed: bool) -> None:
+        now = self._now()
+        steps = math.floor((now - plan.anchor) / plan.interval) + 1
+        due = plan.anchor + max(steps, 1) * plan.interval
+        if failed:
+            due = min(due, now + plan.recheck)
+        heapq.heappush(self._heap, (due, plan.generation, endpoint_id))
+        if due <= now + self._tick_interval and self._loop is not None:
+            # due before the next tick: the dispatcher would see it late
+            self._dispatch_sync()

@@ -1,0 +1,108 @@
+"""The dispatcher on a real event loop with short intervals."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from availmon.model import ProbeResult, Reason, Status
+from availmon.scheduler import CheckScheduler, spread_offset
+
+
+def test_spread_offsets_cover_the_interval_evenly():
+    offsets = sorted(spread_offset(i, 10.0) for i in range(1, 10_001))
+    assert offsets[0] >= 0 and offsets[-1] < 10.0
+    # every 100 ms bucket gets close to its fair share of 100 starts
+    buckets = [0] * 100
+    for o in offsets:
+        buckets[int(o * 10)] += 1
+    assert min(buckets) >= 80 and max(buckets) <= 120
+
+
+async def test_each_endpoint_runs_every_interval_in_its_own_phase():
+    runs: dict[int, list[float]] = {1: [], 2: [], 3: []}
+    loop = asyncio.get_running_loop()
+
+    async def check(endpoint_id: int) -> ProbeResult:
+        runs[endpoint_id].append(loop.time())
+        return ProbeResult(Status.UP, Reason.OK, 1.0)
+
+    scheduler = CheckScheduler(check, tick_interval=0.05)
+    for endpoint_id in runs:
+        scheduler.schedule(endpoint_id, 0.2, 0.05)
+    start = loop.time()
+    scheduler.start()
+    await asyncio.sleep(1.05)
+    await scheduler.stop(1.0)
+    for endpoint_id, times in runs.items():
+        assert 5 <= len(times) <= 6, (endpoint_id, times)
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert all(abs(g - 0.2) < 0.03 for g in gaps), gaps
+        first = times[0] - start
+        assert abs(first - spread_offset(endpoint_id, 0.2)) < 0.03
+    assert max(scheduler.lags) < 0.03
+    assert scheduler.skipped == 0
+
+
+async def test_failed_check_is_rechecked_soon_then_phase_resumes():
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+
+    async def check(endpoint_id: int) -> ProbeResult:
+        times.append(loop.time())
+        status = Status.DOWN if len(times) in (1, 2) else Status.UP
+        return ProbeResult(status, Reason.REFUSED if status is Status.DOWN else Reason.OK)
+
+    scheduler = CheckScheduler(check, tick_interval=0.05)
+    scheduler.schedule(1, 0.5, 0.1, first_delay=0.0)
+    scheduler.start()
+    await asyncio.sleep(1.15)
+    await scheduler.stop(1.0)
+    gaps = [round(b - a, 2) for a, b in itertools.pairwise(times)]
+    # two failures: rechecks after 0.1 s each; then back on the 0.5 s grid (anchor + 0.5)
+    assert abs(gaps[0] - 0.1) < 0.03 and abs(gaps[1] - 0.1) < 0.03, gaps
+    assert abs(times[3] - times[0] - 0.5) < 0.03, gaps
+    assert abs(times[4] - times[0] - 1.0) < 0.03, gaps
+
+
+async def test_slow_check_is_never_run_twice_at_once():
+    active = 0
+    peak = 0
+    count = 0
+
+    async def check(endpoint_id: int) -> ProbeResult:
+        nonlocal active, peak, count
+        active += 1
+        count += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.25)
+        active -= 1
+        return ProbeResult(Status.UP, Reason.OK)
+
+    scheduler = CheckScheduler(check, tick_interval=0.02)
+    scheduler.schedule(1, 0.1, 0.1, first_delay=0.0)
+    scheduler.start()
+    await asyncio.sleep(0.8)
+    await scheduler.stop(1.0)
+    assert peak == 1
+    assert count in (3, 4)
+
+
+async def test_unschedule_and_stop_drain():
+    started: list[int] = []
+
+    async def check(endpoint_id: int) -> ProbeResult:
+        started.append(endpoint_id)
+        await asyncio.sleep(0.1)
+        return ProbeResult(Status.UP, Reason.OK)
+
+    scheduler = CheckScheduler(check, tick_interval=0.02)
+    scheduler.schedule(1, 0.2, 0.2, first_delay=0.0)
+    scheduler.schedule(2, 0.2, 0.2, first_delay=0.0)
+    scheduler.unschedule(2)
+    scheduler.start()
+    await asyncio.sleep(0.05)
+    cancelled = await scheduler.stop(1.0)
+    assert cancelled == 0
+    assert started == [1]
+    assert scheduler.executed == 1
