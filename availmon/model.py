@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StringConstraints,
     Tag,
     TypeAdapter,
     ValidationInfo,
@@ -90,11 +91,12 @@ def _status_code_matches(code: int, expected: list[int | str]) -> bool:
 class EndpointBase(BaseModel):
     """Fields every protocol shares; names follow the design document's data model."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(description="Unique name of the endpoint")
+    # Only name and url are stripped: patterns, send and body keep every byte as given.
+    name: Annotated[str, StringConstraints(strip_whitespace=True)]
     protocol: Protocol
-    url: str = Field(max_length=2048)
+    url: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2048)]
     check_interval: float = Field(default=60.0, gt=0, le=86400, description="Seconds")
     timeout: float = Field(default=10.0, gt=0, le=3600, description="Seconds, per attempt")
     retries: int = Field(default=0, ge=0, le=10)
@@ -195,7 +197,7 @@ class HttpEndpoint(EndpointBase):
     expected_status_code: StatusCodeSpec = Field(default="2xx", validate_default=True)
     method: Literal["GET", "HEAD", "POST", "PUT", "OPTIONS", "PATCH", "DELETE"] = "GET"
     headers: dict[str, str] = Field(default_factory=dict)
-    body: str | None = None
+    body: str | None = None  # sent byte for byte
     follow_redirects: bool = True
     max_redirects: int = Field(default=10, ge=0, le=50)
     verify_tls: bool = True
@@ -237,7 +239,7 @@ class HttpEndpoint(EndpointBase):
 
 class TcpEndpoint(EndpointBase):
     protocol: Literal[Protocol.TCP]
-    send: str | None = None
+    send: str | None = None  # sent byte for byte: "PING\r\n" keeps its "\r\n"
     max_read_bytes: int = Field(default=64 * 1024, ge=1, le=16 * 1024 * 1024)
 
     @field_validator("url")

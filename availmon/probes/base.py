@@ -38,7 +38,7 @@ def _http_trace_config() -> aiohttp.TraceConfig:
     """One TraceConfig for the shared session (aiohttp attaches them per session, not request).
 
     A request that passes a dict as `trace_request_ctx` gets a time.perf_counter() stamp under
-    each event's name (the latest wins: after a redirect the next hop overwrites them).
+    each event's name (the latest wins, so after a redirect the next hop's stamps replace them).
     """
     config = aiohttp.TraceConfig()
     config.on_request_start.append(_stamp("request_start"))
@@ -47,7 +47,6 @@ def _http_trace_config() -> aiohttp.TraceConfig:
     config.on_connection_create_start.append(_stamp("connection_create_start"))
     config.on_connection_create_end.append(_stamp("connection_create_end"))
     config.on_request_headers_sent.append(_stamp("request_headers_sent"))
-    config.on_request_redirect.append(_stamp("request_redirect"))
     config.on_request_end.append(_stamp("request_end"))
     return config
 
