@@ -84,9 +84,11 @@ async def restore_state(repo: Repository, monitor: Monitor, endpoints: list[Endp
     since = await repo.status_since()
     for endpoint in active:
         outage = open_by_endpoint.get(endpoint.id)
-        machine = OutageStateMachine.restore(
-            thresholds_of(endpoint), outage, recent.get(endpoint.id, []), since.get(endpoint.id)
-        )
+        rows = recent.get(endpoint.id, [])
+        change = since.get(endpoint.id)
+        # trust the recorded change only if it is about the status the latest row shows
+        status_since = change[1] if change and rows and rows[0].status is change[0] else None
+        machine = OutageStateMachine.restore(thresholds_of(endpoint), outage, rows, status_since)
         monitor.watch(endpoint, machine=machine, outage_id=outage.id if outage else None)
     log.info("state_restored", endpoints=len(active), open_outages=len(open_by_endpoint))
 
