@@ -24,8 +24,8 @@ run: venv
 	$(BIN)/availmon --config $(CONFIG) run
 
 lint: venv
-	$(BIN)/ruff check availmon tests
-	$(BIN)/ruff format --check availmon tests
+	$(BIN)/ruff check availmon tests bench
+	$(BIN)/ruff format --check availmon tests bench
 	$(BIN)/mypy
 
 test: lint

@@ -11,9 +11,10 @@ root="$DESTDIR$PREFIX"
 mkdir -p "$root" "$DESTDIR$SYSCONFDIR" "$DESTDIR$UNITDIR" "$root/share/doc/availmon"
 # The venv is built where it will run; with DESTDIR the interpreter path inside it points
 # at PREFIX, which is what the installed unit executes.
-"$PYTHON" -m venv "$root"
-"$root/bin/pip" install --quiet --upgrade pip
-"$root/bin/pip" install --quiet "$here"
+# an existing venv is reused: re-running make install upgrades the package in place
+[ -x "$root/bin/python" ] || "$PYTHON" -m venv "$root"
+"$root/bin/python" -m pip install --quiet --upgrade pip
+"$root/bin/python" -m pip install --quiet "$here"
 if [ -n "$DESTDIR" ]; then
     # scripts carry the build path in their shebang; point them at the final location
     for script in "$root"/bin/*; do
@@ -40,7 +41,7 @@ if [ -z "$DESTDIR" ]; then
     chgrp availmon "$SYSCONFDIR/config.toml"
     if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
         systemctl daemon-reload
-        echo "next: systemctl enable --now availmon (the unit runs 'availmon migrate' on start)"
+        echo "next: availmon migrate, then systemctl enable --now availmon (see README)"
     fi
 fi
 echo "availmon installed under $PREFIX"

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from availmon.api.app import DEPS, read_json
 from availmon.errors import FieldError, ValidationFailed
-from availmon.model import Endpoint, ProbeResult, StatusRow
+from availmon.model import Endpoint, ProbeResult, Severity, StatusRow
 
 routes = web.RouteTableDef()
 
@@ -202,6 +202,9 @@ async def list_outages(request: web.Request) -> web.Response:
     limit = query.int("limit", 100, 1, 1000)
     offset = query.int("offset", 0, 0, 10**9)
     severity = query.str("severity")
+    if severity is not None and severity not in {s.value for s in Severity}:
+        allowed = ", ".join(s.value for s in Severity)
+        query.problems.append(FieldError("severity", f"must be one of {allowed}"))
     query.done()
     outages = await request.app[DEPS].outages.list_outages(
         active, endpoint_id, severity, limit, offset

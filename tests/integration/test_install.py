@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,16 +43,25 @@ def test_make_install_into_destdir(tmp_path: Path):
     config = dest / "etc/availmon/config.toml"
     assert config.read_text() == (ROOT / "config.example.toml").read_text()
     script = dest / "opt/availmon/bin/availmon"
-    assert script.read_text().splitlines()[0] == "#!/opt/availmon/bin/python"
+    assert script.read_text().splitlines()[0].startswith("#!/opt/availmon/bin/python")
     # the installed package is importable by the venv's own interpreter (run in place)
     python = dest / "opt/availmon/bin/python"
+    probe = (
+        "import availmon.cli; from availmon.store.migrations import default_sql_dir; "
+        "d = default_sql_dir(); print(d, sorted(p.name for p in d.iterdir()))"
+    )
     proc = subprocess.run(
-        [str(python), "-c", "import availmon.cli, availmon.store"],
+        [str(python), "-c", probe],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
+    # the migrations ship inside the installed package, not read from this checkout
+    assert str(dest / "opt/availmon/lib") in proc.stdout
+    assert "0001_init.sql" in proc.stdout and "0002_endpoint_state.sql" in proc.stdout
     # an existing config is kept
     config.write_text("# mine\n")
     proc = subprocess.run(

@@ -41,6 +41,8 @@ def status(endpoint_id: int, at: datetime, **fields: Any) -> StatusRow:
     values.update(fields)
     return StatusRow(endpoint_id=endpoint_id, checked_at=at, **values)
 
+ROOT = Path(__file__).parents[2]
+
 
 # -- migrations ---------------------------------------------------------------------------------
 
@@ -48,9 +50,11 @@ def status(endpoint_id: int, at: datetime, **fields: Any) -> StatusRow:
 async def test_migrations_apply_once_then_nothing(pg_dsn: str) -> None:
     conn = await asyncpg.connect(pg_dsn)
     try:
-        assert await apply_migrations(conn) == ["0001_init"]
+        every = [path.stem for path in sorted((ROOT / "sql").glob("[0-9]*.sql"))]
+        assert every[:2] == ["0001_init", "0002_endpoint_state"]
+        assert await apply_migrations(conn) == every
         assert await apply_migrations(conn) == []
-        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(every)
         kind = await conn.fetchval("SELECT relkind::text FROM pg_class WHERE relname = 'statuses'")
         assert kind == "p"  # partitioned table
     finally:
@@ -61,7 +65,8 @@ async def test_concurrent_migrations_do_not_race(pg_dsn: str) -> None:
     conns = [await asyncpg.connect(pg_dsn) for _ in range(3)]
     try:
         results = await asyncio.gather(*(apply_migrations(c) for c in conns))
-        assert sorted(results) == [[], [], ["0001_init"]]
+        every = [path.stem for path in sorted((ROOT / "sql").glob("[0-9]*.sql"))]
+        assert sorted(results) == [[], [], every]
     finally:
         for conn in conns:
             await conn.close()
