@@ -49,46 +49,39 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(args: argparse.Namespace, dsn: str | None, state_dir: Path) -> dict[str, Any]:
-    farm = subprocess.Popen(
-        [sys.executable, "-c", FARM, "8"], stdout=subprocess.PIPE, text=True
+async def measure(
+    args: argparse.Namespace, ports: list[int], dsn: str | None, state_dir: Path
+) -> dict[str, Any]:
+    endpoints = [
+        {
+            "name": f"tcp-{i}",
+            "url": f"tcp://127.0.0.1:{ports[i % len(ports)]}",
+            "check_interval": args.interval,
+            "timeout": min(2.0, args.interval / 2),
+        }
+        for i in range(args.endpoints)
+    ]
+    settings = Settings(
+        daemon={"state_dir": state_dir},
+        database={"dsn": dsn} if dsn else {},
+        api={"enabled": False},
+        scheduler={"max_concurrency": args.concurrency},
+        endpoints=endpoints,
     )
-    try:
-        assert farm.stdout is not None
-        ports = [int(p) for p in farm.stdout.readline().split()]
-        endpoints = [
-            {
-                "name": f"tcp-{i}",
-                "url": f"tcp://127.0.0.1:{ports[i % len(ports)]}",
-                "check_interval": args.interval,
-                "timeout": min(2.0, args.interval / 2),
-            }
-            for i in range(args.endpoints)
-        ]
-        settings = Settings(
-            daemon={"state_dir": state_dir},
-            database={"dsn": dsn} if dsn else {},
-            api={"enabled": False},
-            scheduler={"max_concurrency": args.concurrency},
-            endpoints=endpoints,
-        )
-        async with build_daemon(settings) as daemon:
-            await asyncio.sleep(args.warmup)
-            executed0 = daemon.scheduler.executed
-            skipped0 = daemon.scheduler.skipped
-            daemon.scheduler.lags.clear()
-            cpu0 = time.process_time()
-            written0 = daemon.writer.stats.written
-            await asyncio.sleep(args.duration)
-            cpu = time.process_time() - cpu0
-            executed = daemon.scheduler.executed - executed0
-            skipped = daemon.scheduler.skipped - skipped0
-            lags = [lag * 1000 for lag in daemon.scheduler.lags]
-            await daemon.writer.flush()
-            written = daemon.writer.stats.written - written0
-    finally:
-        farm.kill()
-        farm.wait()
+    async with build_daemon(settings) as daemon:
+        await asyncio.sleep(args.warmup)
+        executed0 = daemon.scheduler.executed
+        skipped0 = daemon.scheduler.skipped
+        daemon.scheduler.lags.clear()
+        cpu0 = time.process_time()
+        written0 = daemon.writer.stats.written
+        await asyncio.sleep(args.duration)
+        cpu = time.process_time() - cpu0
+        executed = daemon.scheduler.executed - executed0
+        skipped = daemon.scheduler.skipped - skipped0
+        lags = [lag * 1000 for lag in daemon.scheduler.lags]
+        await daemon.writer.flush()
+        written = daemon.writer.stats.written - written0
     due = args.endpoints * args.duration / args.interval
     return {
         "endpoints": args.endpoints,
@@ -121,9 +114,14 @@ def main() -> None:
     configure_logging("warning")
     structlog.get_logger("bench").info("start")
     state_dir = Path(tempfile.mkdtemp(prefix="availmon-bench-"))
+    farm = subprocess.Popen([sys.executable, "-c", FARM, "8"], stdout=subprocess.PIPE, text=True)
     try:
-        result = asyncio.run(measure(args, args.dsn, state_dir))
+        assert farm.stdout is not None
+        ports = [int(p) for p in farm.stdout.readline().split()]
+        result = asyncio.run(measure(args, ports, args.dsn, state_dir))
     finally:
+        farm.kill()
+        farm.wait()
         shutil.rmtree(state_dir, ignore_errors=True)
     sys.stdout.write(json.dumps(result) + "\n")
 

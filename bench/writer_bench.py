@@ -34,7 +34,7 @@ from availmon.store import (
     dsn_with_database,
     redact_dsn,
 )
-from availmon.store.repository import STATUS_COLUMNS
+from availmon.store.statuses import STATUS_COLUMNS
 
 BATCH_SIZES = (100, 1000, 5000)
 T0 = datetime(2030, 1, 1, tzinfo=UTC)

@@ -2,7 +2,8 @@
 
 from availmon.store.embedded import EmbeddedPostgres
 from availmon.store.migrations import apply_migrations
-from availmon.store.repository import Repository, dsn_with_database, redact_dsn
+from availmon.store.pg import dsn_with_database, redact_dsn
+from availmon.store.repository import Repository
 from availmon.store.writer import StatusWriter, WriterStats
 
 __all__ = [

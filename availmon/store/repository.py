@@ -8,13 +8,8 @@ asyncpg exception is its __cause__); Conflict and NotFound are raised for the ca
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
-import re
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from datetime import UTC, date, datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 import structlog
@@ -27,31 +22,16 @@ from availmon.model import (
     Endpoint,
     EndpointSource,
     Outage,
-    Reason,
     Severity,
-    Status,
-    StatusRow,
 )
+from availmon.store.pg import init_connection, redact_dsn, storage_errors
+from availmon.store.statuses import StatusHistory
 
 log = structlog.get_logger("availmon.store")
 
-P = ParamSpec("P")
-T = TypeVar("T")
-
 SYNC_LOCK_KEY = 0x61766D6E_73796E63  # "avmnsync": one config sync at a time
-PARTITION_LOCK_KEY = 0x61766D6E_70617274  # "avmnpart": one partition creator at a time
-STATUS_COLUMNS = (
-    "endpoint_id", "checked_at", "status", "reason",
-    "response_time_ms", "error", "attempts", "details",
-)  # fmt: skip
-_STATUS_SELECT = ", ".join(STATUS_COLUMNS)
 _ENDPOINT_SELECT = "id, spec, source"
 _OUTAGE_SELECT = "id, endpoint_id, severity, started_at, opened_at, ended_at, reason, error"
-_PARTITION_NAME = re.compile(r"^statuses_(\d{8})$")
-_INSERT_STATUS_IGNORING_DUPLICATES = (
-    f"INSERT INTO statuses ({_STATUS_SELECT}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
-    "ON CONFLICT (endpoint_id, checked_at) DO NOTHING"
-)
 _INSERT_ENDPOINT = (
     "INSERT INTO endpoints (name, protocol, url, spec, is_active, severity, tags, source) "
     f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_ENDPOINT_SELECT}"
@@ -61,67 +41,6 @@ _UPDATE_ENDPOINT = (
     "severity = $7, tags = $8, updated_at = now() "
     f"WHERE id = $1 AND deleted_at IS NULL RETURNING {_ENDPOINT_SELECT}"
 )
-
-
-def _storage(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Turn asyncpg and socket errors into StorageError, keeping the original as __cause__."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await fn(*args, **kwargs)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            raise StorageError(f"{fn.__name__}: {type(exc).__name__}: {exc}") from exc
-
-    return wrapper
-
-
-def _encode_jsonb(value: Any) -> bytes:
-    # Binary jsonb is a version byte (1) then the JSON text; binary COPY needs this format.
-    # default=str: a probe detail that is not JSON (a datetime, an exception) is kept as text
-    # instead of making the whole batch unwritable.
-    return b"\x01" + json.dumps(value, separators=(",", ":"), default=str).encode()
-
-
-def _decode_jsonb(data: bytes) -> Any:
-    return json.loads(data[1:])
-
-
-async def init_connection(conn: Any) -> None:
-    """Per-connection setup (the pool's `init=`): jsonb is passed as Python objects both ways."""
-    await conn.set_type_codec(
-        "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog", format="binary"
-    )
-
-
-def redact_dsn(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def dsn_with_database(dsn: str, database: str) -> str:
-    """The same server and credentials, another database."""
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
-
-
-def partition_name(day: date) -> str:
-    return f"statuses_{day:%Y%m%d}"
-
-
-def _utc_day(moment: datetime) -> date:
-    if moment.tzinfo is None:  # asyncpg stores naive datetimes as UTC; partition the same way
-        return moment.date()
-    return moment.astimezone(UTC).date()
-
-
-def _real(value: float | None) -> float | None:
-    # float4 read back as a double shows noise (123.4 -> 123.40000152587891); 7 significant
-    # digits is what a real holds, so print-and-parse restores the value that was written.
-    return None if value is None else float(f"{value:.7g}")
 
 
 def _endpoint(row: Any) -> Endpoint:
@@ -146,16 +65,6 @@ def _endpoint_values(spec: AnyEndpoint) -> tuple[Any, ...]:
     )
 
 
-def _status(row: Any) -> StatusRow:
-    values = dict(row)  # the selected columns are exactly StatusRow's fields
-    values.update(
-        status=Status(row["status"]),
-        reason=Reason(row["reason"]),
-        response_time_ms=_real(row["response_time_ms"]),
-    )
-    return StatusRow(**values)
-
-
 def _outage(row: Any) -> Outage:
     return Outage(**{**dict(row), "severity": Severity(row["severity"])})
 
@@ -164,7 +73,7 @@ def _name_taken(name: str) -> Conflict:
     return Conflict(f"name: an endpoint named {name!r} already exists")
 
 
-class Repository:
+class Repository(StatusHistory):
     """Everything the daemon stores, over one asyncpg pool (see `connect`)."""
 
     def __init__(self, pool: Any) -> None:
@@ -199,7 +108,7 @@ class Repository:
 
     # -- endpoints ----------------------------------------------------------------------------
 
-    @_storage
+    @storage_errors
     async def sync_config_endpoints(self, specs: list[AnyEndpoint]) -> list[Endpoint]:
         """Make config-owned endpoints match `specs` (by name); return all live endpoints.
 
@@ -261,7 +170,7 @@ class Repository:
         )
         return [_endpoint(row) for row in result]
 
-    @_storage
+    @storage_errors
     async def list_endpoints(self, include_inactive: bool = True) -> list[Endpoint]:
         rows = await self._pool.fetch(
             f"SELECT {_ENDPOINT_SELECT} FROM endpoints "
@@ -270,7 +179,7 @@ class Repository:
         )
         return [_endpoint(row) for row in rows]
 
-    @_storage
+    @storage_errors
     async def get_endpoint(self, endpoint_id: int) -> Endpoint:
         row = await self._pool.fetchrow(
             f"SELECT {_ENDPOINT_SELECT} FROM endpoints WHERE id = $1 AND deleted_at IS NULL",
@@ -280,7 +189,7 @@ class Repository:
             raise NotFound(f"endpoint {endpoint_id} does not exist")
         return _endpoint(row)
 
-    @_storage
+    @storage_errors
     async def get_endpoint_by_name(self, name: str) -> Endpoint | None:
         row = await self._pool.fetchrow(
             f"SELECT {_ENDPOINT_SELECT} FROM endpoints WHERE name = $1 AND deleted_at IS NULL",
@@ -288,7 +197,7 @@ class Repository:
         )
         return None if row is None else _endpoint(row)
 
-    @_storage
+    @storage_errors
     async def create_endpoint(
         self, spec: AnyEndpoint, source: EndpointSource = EndpointSource.API
     ) -> Endpoint:
@@ -300,7 +209,7 @@ class Repository:
             raise _name_taken(spec.name) from None
         return _endpoint(row)
 
-    @_storage
+    @storage_errors
     async def update_endpoint(self, endpoint_id: int, spec: AnyEndpoint) -> Endpoint:
         """Replace the spec (the source stays as it was)."""
         try:
@@ -311,7 +220,7 @@ class Repository:
             raise NotFound(f"endpoint {endpoint_id} does not exist")
         return _endpoint(row)
 
-    @_storage
+    @storage_errors
     async def delete_endpoint(self, endpoint_id: int) -> None:
         """Soft delete: the row and its statuses and outages stay; the name becomes free."""
         result = await self._pool.execute(
@@ -322,173 +231,9 @@ class Repository:
         if result == "UPDATE 0":
             raise NotFound(f"endpoint {endpoint_id} does not exist")
 
-    # -- statuses -----------------------------------------------------------------------------
-
-    @_storage
-    async def write_statuses(self, rows: Sequence[StatusRow]) -> None:
-        """Write rows with binary COPY; creates missing day partitions and retries once.
-
-        A batch containing rows that are already stored (same endpoint and checked_at) is
-        rewritten with INSERT ... ON CONFLICT DO NOTHING, so writing a batch twice is harmless.
-        """
-        if not rows:
-            return
-        records = [
-            (
-                r.endpoint_id, r.checked_at, str(r.status), str(r.reason),
-                r.response_time_ms, r.error, r.attempts, r.details,
-            )
-            for r in rows
-        ]  # fmt: skip
-        partitions_created = idempotent = False
-        async with self._pool.acquire() as conn:
-            while True:
-                try:
-                    if idempotent:
-                        await conn.executemany(_INSERT_STATUS_IGNORING_DUPLICATES, records)
-                    else:
-                        await conn.copy_records_to_table(
-                            "statuses", records=records, columns=STATUS_COLUMNS
-                        )
-                    return
-                except asyncpg.CheckViolationError as exc:
-                    # "no partition of relation ... found for row" names no constraint; a real
-                    # CHECK does. The message itself may be translated, so it is not used.
-                    if partitions_created or exc.constraint_name is not None:
-                        raise
-                    await self._create_partitions(conn, {_utc_day(r.checked_at) for r in rows})
-                    partitions_created = True
-                except asyncpg.UniqueViolationError:
-                    if idempotent:
-                        raise
-                    idempotent = True
-
-    @_storage
-    async def ensure_partitions(self, start: date, days_ahead: int) -> list[str]:
-        """Create the daily partitions for `start` .. `start + days_ahead`; return new names."""
-        days = {start + timedelta(days=i) for i in range(days_ahead + 1)}
-        async with self._pool.acquire() as conn:
-            return await self._create_partitions(conn, days)
-
-    @_storage
-    async def drop_partitions_before(self, cutoff: date) -> list[str]:
-        """Drop whole days of history older than `cutoff`; return the dropped partitions."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
-            names = await conn.fetch(
-                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                "WHERE i.inhparent = 'statuses'::regclass ORDER BY c.relname"
-            )
-            dropped = []
-            for (name,) in names:
-                match = _PARTITION_NAME.match(name)
-                if match and datetime.strptime(match[1], "%Y%m%d").date() < cutoff:
-                    await conn.execute(f"DROP TABLE {name}")
-                    dropped.append(name)
-        if dropped:
-            log.info("partitions_dropped", partitions=dropped)
-        return dropped
-
-    async def ensure_partitions_for_today(
-        self, days_ahead: int = 3, today: date | None = None
-    ) -> list[str]:
-        """Partitions from yesterday (late rows near midnight) to today + days_ahead (UTC)."""
-        today = today or datetime.now(UTC).date()
-        return await self.ensure_partitions(today - timedelta(days=1), days_ahead + 1)
-
-    async def _create_partitions(self, conn: Any, days: set[date]) -> list[str]:
-        created = []
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
-            for day in sorted(days):
-                name = partition_name(day)
-                if await conn.fetchval("SELECT to_regclass($1)", name) is not None:
-                    continue
-                await conn.execute(
-                    f"CREATE TABLE {name} PARTITION OF statuses FOR VALUES "
-                    f"FROM ('{day.isoformat()} 00:00:00+00') "
-                    f"TO ('{(day + timedelta(days=1)).isoformat()} 00:00:00+00')"
-                )
-                created.append(name)
-        if created:
-            log.info("partitions_created", partitions=created)
-        return created
-
-    @_storage
-    async def list_statuses(
-        self,
-        endpoint_id: int,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 100,
-        before: datetime | None = None,
-    ) -> list[StatusRow]:
-        """Newest first; since <= checked_at <= until; `before` (exclusive) is the page cursor:
-        pass the checked_at of the last row of a page to get the next one."""
-        args: list[Any] = [endpoint_id]
-        where = ["endpoint_id = $1"]
-        for value, condition in ((since, ">="), (until, "<="), (before, "<")):
-            if value is not None:
-                args.append(value)
-                where.append(f"checked_at {condition} ${len(args)}")
-        args.append(limit)
-        rows = await self._pool.fetch(
-            f"SELECT {_STATUS_SELECT} FROM statuses WHERE {' AND '.join(where)} "
-            f"ORDER BY checked_at DESC LIMIT ${len(args)}",
-            *args,
-        )
-        return [_status(row) for row in rows]
-
-    @_storage
-    async def recent_statuses(
-        self, endpoint_ids: Sequence[int], per_endpoint: int
-    ) -> dict[int, list[StatusRow]]:
-        """The last `per_endpoint` rows of each endpoint, newest first (every id is a key)."""
-        rows = await self._pool.fetch(
-            f"SELECT s.* FROM unnest($1::bigint[]) AS e(id) CROSS JOIN LATERAL ("
-            f"  SELECT {_STATUS_SELECT} FROM statuses WHERE endpoint_id = e.id"
-            "   ORDER BY checked_at DESC LIMIT $2"
-            ") AS s ORDER BY s.endpoint_id, s.checked_at DESC",
-            list(dict.fromkeys(endpoint_ids)),
-            per_endpoint,
-        )
-        result: dict[int, list[StatusRow]] = {endpoint_id: [] for endpoint_id in endpoint_ids}
-        for row in rows:
-            result[row["endpoint_id"]].append(_status(row))
-        return result
-
-    @_storage
-    async def latest_statuses(self) -> dict[int, StatusRow]:
-        """The newest row of every live endpoint that has one."""
-        rows = await self._pool.fetch(
-            "SELECT s.* FROM endpoints e CROSS JOIN LATERAL ("
-            f"  SELECT {_STATUS_SELECT} FROM statuses WHERE endpoint_id = e.id"
-            "   ORDER BY checked_at DESC LIMIT 1"
-            ") AS s WHERE e.deleted_at IS NULL"
-        )
-        return {row["endpoint_id"]: _status(row) for row in rows}
-
-    @_storage
-    async def record_status_change(self, endpoint_id: int, status: Status, since: datetime) -> None:
-        """Remember when the endpoint's current status began (called on changes only)."""
-        await self._pool.execute(
-            "INSERT INTO endpoint_state (endpoint_id, status, since) VALUES ($1, $2, $3) "
-            "ON CONFLICT (endpoint_id) DO UPDATE SET status = EXCLUDED.status, "
-            "since = EXCLUDED.since, updated_at = now()",
-            endpoint_id,
-            status.value,
-            since,
-        )
-
-    @_storage
-    async def status_since(self) -> dict[int, tuple[Status, datetime]]:
-        """Each endpoint's last recorded status change: (status, since)."""
-        rows = await self._pool.fetch("SELECT endpoint_id, status, since FROM endpoint_state")
-        return {row["endpoint_id"]: (Status(row["status"]), row["since"]) for row in rows}
-
     # -- outages ------------------------------------------------------------------------------
 
-    @_storage
+    @storage_errors
     async def open_outage(
         self,
         endpoint_id: int,
@@ -523,7 +268,7 @@ class Repository:
                     return _outage(row)
         raise StorageError(f"could not open an outage for endpoint {endpoint_id}")
 
-    @_storage
+    @storage_errors
     async def close_outage(self, outage_id: int, ended_at: datetime) -> None:
         """End an open outage; closing one that is already closed changes nothing."""
         result = await self._pool.execute(
@@ -535,7 +280,7 @@ class Repository:
         if result == "UPDATE 0":
             await self.get_outage(outage_id)  # NotFound when it does not exist at all
 
-    @_storage
+    @storage_errors
     async def update_outage_severity(self, outage_id: int, severity: Severity) -> None:
         result = await self._pool.execute(
             "UPDATE outages SET severity = $2, updated_at = now() WHERE id = $1",
@@ -545,7 +290,7 @@ class Repository:
         if result == "UPDATE 0":
             raise NotFound(f"outage {outage_id} does not exist")
 
-    @_storage
+    @storage_errors
     async def get_outage(self, outage_id: int) -> Outage:
         row = await self._pool.fetchrow(
             f"SELECT {_OUTAGE_SELECT} FROM outages WHERE id = $1", outage_id
@@ -554,7 +299,7 @@ class Repository:
             raise NotFound(f"outage {outage_id} does not exist")
         return _outage(row)
 
-    @_storage
+    @storage_errors
     async def list_outages(
         self,
         active: bool | None = None,
@@ -582,7 +327,7 @@ class Repository:
         )
         return [_outage(row) for row in rows]
 
-    @_storage
+    @storage_errors
     async def open_outages(self) -> list[Outage]:
         rows = await self._pool.fetch(
             f"SELECT {_OUTAGE_SELECT} FROM outages WHERE ended_at IS NULL ORDER BY started_at, id"
