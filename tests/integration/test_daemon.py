@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -206,3 +207,28 @@ async def test_config_sync_deactivates_removed_endpoints(pg_dsn: str, target: Ta
         by_name = {e["name"]: e for e in listing["items"]}
         assert by_name["b"]["is_active"] is False
         assert by_name["a"]["source"] == "config"
+
+
+async def test_without_a_dsn_the_daemon_runs_on_an_embedded_server(
+    pg_state_dir: Path, target: Target
+):
+    settings = Settings(
+        daemon={"state_dir": pg_state_dir},
+        api={"port": 0},
+        database={"flush_interval": 0.1},
+        scheduler={"tick_interval": 0.05},
+        endpoints=[{"name": "web", "url": target.url, **FAST}],
+    )
+    async with build_daemon(settings) as daemon:
+
+        async def stored() -> bool:
+            await daemon.writer.flush()
+            return daemon.writer.stats.written >= 2
+
+        await wait_for(stored)
+        pgdata = pg_state_dir / "pgdata"
+        assert (pgdata / "PG_VERSION").exists()
+        rows = await daemon.repo.list_statuses(daemon.monitor.all()[0].endpoint.id, limit=10)
+        assert rows and all(r.status.value == "UP" for r in rows)
+    # stopped with the daemon: the postmaster is gone and its pid file removed
+    assert not (pgdata / "postmaster.pid").exists()
