@@ -41,6 +41,7 @@ def status(endpoint_id: int, at: datetime, **fields: Any) -> StatusRow:
     values.update(fields)
     return StatusRow(endpoint_id=endpoint_id, checked_at=at, **values)
 
+
 ROOT = Path(__file__).parents[2]
 
 
