@@ -9,7 +9,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
@@ -76,9 +76,21 @@ async def open_repository(settings: Settings) -> AsyncIterator[Repository]:
 async def restore_state(repo: Repository, monitor: Monitor, endpoints: list[Endpoint]) -> None:
     """Rebuild counters and open outages, so a restart continues episodes, never duplicates."""
     active = [e for e in endpoints if e.spec.is_active]
+    open_by_endpoint = {o.endpoint_id: o for o in await repo.open_outages()}
+    watched_ids = {e.id for e in active}
+    names = {e.id: e.name for e in endpoints}
+    for outage in [o for o in open_by_endpoint.values() if o.endpoint_id not in watched_ids]:
+        # its endpoint was removed from the config or deactivated: nobody will see it recover
+        await repo.close_outage(outage.id, datetime.now(UTC))
+        log.info(
+            "outage_closed_endpoint_inactive",
+            outage_id=outage.id,
+            endpoint_id=outage.endpoint_id,
+            endpoint_name=names.get(outage.endpoint_id),
+        )
+        del open_by_endpoint[outage.endpoint_id]
     if not active:
         return
-    open_by_endpoint = {o.endpoint_id: o for o in await repo.open_outages()}
     depth = max(max(e.spec.failure_threshold, e.spec.recovery_threshold) for e in active) + 1
     recent = await repo.recent_statuses([e.id for e in active], depth)
     since = await repo.status_since()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -94,7 +94,10 @@ class AvailabilityService:
             merged.pop("protocol", None)  # let a new URL scheme pick the protocol
         spec = validate_endpoint(merged)
         endpoint = await self._repo.update_endpoint(endpoint_id, spec)
-        self._fleet.apply(endpoint)
+        if spec.is_active:
+            self._fleet.apply(endpoint)
+        else:
+            await self._retire(endpoint_id)
         return endpoint
 
     async def get_endpoint(self, endpoint_id: int) -> Endpoint:
@@ -104,9 +107,18 @@ class AvailabilityService:
         return await self._repo.list_endpoints(include_inactive=include_inactive)
 
     async def delete_endpoint(self, endpoint_id: int) -> None:
+        """Soft delete (history is kept); an outage still open is closed now, since nobody
+        will watch the endpoint recover."""
         current = await self._repo.get_endpoint(endpoint_id)
         self._refuse_config_owned(current)
         await self._repo.delete_endpoint(endpoint_id)
+        await self._retire(endpoint_id)
+
+    async def _retire(self, endpoint_id: int) -> None:
+        if endpoint_id in self._fleet.monitor:
+            outage_id = self._fleet.monitor.get(endpoint_id).outage_id
+            if outage_id is not None:
+                await self._repo.close_outage(outage_id, datetime.now(UTC))
         self._fleet.remove(endpoint_id)
 
     async def check_service(self, endpoint_id: int) -> ProbeResult:

@@ -199,3 +199,21 @@ async def test_check_now_records_and_paginates(api: Api, daemon: Daemon, target:
 async def test_body_over_limit_is_413(api: Api):
     status, body = await api.call("POST", "/api/v1/endpoints", raw=b"[" + b"1," * 200_000 + b"1]")
     assert status == 413 and body["error"]["code"] == "body_too_large"
+
+
+async def test_deleting_an_endpoint_closes_its_open_outage(api: Api, daemon: Daemon):
+    status, created = await api.call(
+        "POST",
+        "/api/v1/endpoints",
+        {"name": "doomed", "url": "tcp://127.0.0.1:9", "check_interval": 60, "timeout": 1},
+    )
+    assert status == 201
+    for _ in range(3):
+        await api.call("POST", f"/api/v1/endpoints/{created['id']}/check")
+    status, outages = await api.call("GET", f"/api/v1/outages?active=true&endpoint={created['id']}")
+    (outage,) = outages["items"]
+    assert outage["severity"] == "high" and outage["reason"] == "refused"
+    status, _ = await api.call("DELETE", f"/api/v1/endpoints/{created['id']}")
+    assert status == 204
+    status, closed = await api.call("GET", f"/api/v1/outages/{outage['id']}")
+    assert status == 200 and closed["is_active"] is False and closed["ended_at"]

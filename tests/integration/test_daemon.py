@@ -232,3 +232,22 @@ async def test_without_a_dsn_the_daemon_runs_on_an_embedded_server(
         assert rows and all(r.status.value == "UP" for r in rows)
     # stopped with the daemon: the postmaster is gone and its pid file removed
     assert not (pgdata / "postmaster.pid").exists()
+
+
+async def test_outage_of_an_endpoint_removed_from_the_config_is_closed(pg_dsn: str, target: Target):
+    sock = __import__("socket").socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    web_ep = {"name": "web", "url": target.url, **FAST}
+    gone = {"name": "gone", "url": f"tcp://127.0.0.1:{port}", **FAST}
+    async with build_daemon(settings_for(pg_dsn, [web_ep, gone])):
+
+        async def outage_open() -> bool:
+            return bool(await db_rows(pg_dsn, "SELECT 1 FROM outages WHERE ended_at IS NULL"))
+
+        await wait_for(outage_open)
+    async with build_daemon(settings_for(pg_dsn, [web_ep])) as daemon:
+        assert [w.endpoint.name for w in daemon.monitor.all()] == ["web"]
+    (row,) = await db_rows(pg_dsn, "SELECT ended_at FROM outages")
+    assert row["ended_at"] is not None
