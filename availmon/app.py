@@ -19,6 +19,7 @@ from availmon.config import Settings
 from availmon.errors import StorageError
 from availmon.logs import get_logger
 from availmon.model import Endpoint
+from availmon.outputs import attach_side_outputs
 from availmon.probes import ProbeContext
 from availmon.runner import Monitor, thresholds_of
 from availmon.scheduler import CheckScheduler
@@ -79,16 +80,16 @@ async def restore_state(repo: Repository, monitor: Monitor, endpoints: list[Endp
     open_by_endpoint = {o.endpoint_id: o for o in await repo.open_outages()}
     watched_ids = {e.id for e in active}
     names = {e.id: e.name for e in endpoints}
-    for outage in [o for o in open_by_endpoint.values() if o.endpoint_id not in watched_ids]:
+    for orphan in [o for o in open_by_endpoint.values() if o.endpoint_id not in watched_ids]:
         # its endpoint was removed from the config or deactivated: nobody will see it recover
-        await repo.close_outage(outage.id, datetime.now(UTC))
+        await repo.close_outage(orphan.id, datetime.now(UTC))
         log.info(
             "outage_closed_endpoint_inactive",
-            outage_id=outage.id,
-            endpoint_id=outage.endpoint_id,
-            endpoint_name=names.get(outage.endpoint_id),
+            outage_id=orphan.id,
+            endpoint_id=orphan.endpoint_id,
+            endpoint_name=names.get(orphan.endpoint_id),
         )
-        del open_by_endpoint[outage.endpoint_id]
+        del open_by_endpoint[orphan.endpoint_id]
     if not active:
         return
     depth = max(max(e.spec.failure_threshold, e.spec.recovery_threshold) for e in active) + 1
@@ -146,6 +147,7 @@ async def build_daemon(settings: Settings, clock: Clock | None = None) -> AsyncI
             collector=ServiceAvailabilityCollector(repo, monitor),
             outages=OutageManagementService(repo),
         )
+        await attach_side_outputs(stack, daemon)
         if settings.api.enabled:
             daemon.api_port = await _start_api(stack, daemon)
         scheduler.add_job(

@@ -8,6 +8,7 @@ the scheduler (or an API "check now") calls `check(endpoint_id)`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -62,6 +63,9 @@ class OutageStore(Protocol):
     ) -> None: ...
 
 
+CheckListener = Callable[["Watched", ProbeResult, list[Transition]], None]
+
+
 def thresholds_of(endpoint: Endpoint) -> Thresholds:
     spec = endpoint.spec
     return Thresholds(spec.failure_threshold, spec.recovery_threshold, spec.severity)
@@ -98,6 +102,7 @@ class Monitor:
         self._sink = sink
         self._store = store
         self._watched: dict[int, Watched] = {}
+        self._listeners: list[CheckListener] = []
         self.checks_executed = 0
         self.in_flight = 0
 
@@ -183,7 +188,17 @@ class Monitor:
             )
         if transitions:
             await self._apply(watched, transitions)
+        for listener in self._listeners:
+            try:
+                listener(watched, result, transitions)
+            except Exception:  # a side output must never fail a check
+                watched.log.exception("check_listener_failed", listener=repr(listener))
         return result
+
+    def add_listener(self, listener: CheckListener) -> None:
+        """Call `listener(watched, result, transitions)` after every check, once its
+        transitions are stored. Listeners must not block: hand the data to a queue."""
+        self._listeners.append(listener)
 
     async def _attempts(self, watched: Watched) -> ProbeResult:
         spec = watched.endpoint.spec

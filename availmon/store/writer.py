@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -25,6 +25,7 @@ from availmon.store.repository import Repository
 
 log = structlog.get_logger("availmon.writer")
 
+CommitListener = Callable[[Sequence[StatusRow]], None]
 DROP_LOG_INTERVAL = 10.0  # seconds between two "queue full" warnings
 
 
@@ -86,6 +87,7 @@ class StatusWriter:
         self._failing_since: float | None = None
         self._last_drop_log = -DROP_LOG_INTERVAL
         self._drops_since_log = 0
+        self._listeners: list[CommitListener] = []
 
     @property
     def stats(self) -> WriterStats:
@@ -207,6 +209,7 @@ class StatusWriter:
         self._flushes += 1
         self._written += count - rejected
         self._rejected += rejected
+        self._notify_committed(batch)
         if self._failing_since is not None:
             log.info(
                 "writer_recovered",
@@ -238,6 +241,19 @@ class StatusWriter:
         return await self._write_isolating(rows[:middle]) + await self._write_isolating(
             rows[middle:]
         )
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Call `listener(rows)` after each batch is committed (side outputs: cache, index).
+
+        Listeners run on the writer task and must not block: hand the rows to a queue."""
+        self._listeners.append(listener)
+
+    def _notify_committed(self, rows: Sequence[StatusRow]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(rows)
+            except Exception:  # a side output must never stop the writer
+                log.exception("writer_listener_failed", listener=repr(listener))
 
     def _note_failure(self, exc: BaseException, retry_in: float) -> None:
         self._last_error = f"{type(exc).__name__}: {exc}"
