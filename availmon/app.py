@@ -31,6 +31,7 @@ from availmon.services import (
 )
 from availmon.state import OutageStateMachine
 from availmon.store import EmbeddedPostgres, Repository, StatusWriter, apply_migrations
+from availmon.store.spool import Spool
 
 log = get_logger("availmon.app")
 
@@ -119,7 +120,16 @@ async def build_daemon(settings: Settings, clock: Clock | None = None) -> AsyncI
         )
         endpoints = await repo.sync_config_endpoints(settings.endpoint_specs)
         db = settings.database
-        writer = StatusWriter(repo, db.batch_size, db.flush_interval, db.queue_size)
+        spool = Spool(settings.daemon.state_dir / "spool")
+        await asyncio.to_thread(spool.open)
+        writer = StatusWriter(
+            repo,
+            db.batch_size,
+            db.flush_interval,
+            db.queue_size,
+            spool=spool,
+            spool_after=db.spool_after,
+        )
         await writer.start()
         stack.push_async_callback(writer.stop)
         probe_context = ProbeContext()

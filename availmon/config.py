@@ -39,6 +39,13 @@ class DatabaseSettings(Section):
     flush_interval: float = Field(default=1.0, gt=0, le=60)
     queue_size: int = Field(default=200_000, ge=100, le=10_000_000)
     partition_days_ahead: int = Field(default=3, ge=1, le=60)
+    spool_after: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="Seconds of failed writes before buffered results go to the spool file in "
+        "state_dir/spool (0: at the first failure, so a crash loses at most one flush interval)",
+    )
 
 
 class ApiSettings(Section):

@@ -95,3 +95,14 @@ async def repo(pg_dsn: str) -> AsyncIterator[Repository]:
         yield repository
     finally:
         await repository.close()
+
+
+@pytest.fixture(autouse=True)
+def daemon_state_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test's daemon keeps its state (spool, embedded cluster) in a fresh folder, never
+    in the default /var/lib/availmon. Outside pytest's basetemp for the reason given in
+    `server_state_dir`; set through the environment, which wins over any Settings(...)."""
+    with server_state_dir() as path:
+        path.chmod(0o755)
+        monkeypatch.setenv("AVAILMON_DAEMON__STATE_DIR", str(path))
+        yield path

@@ -22,11 +22,15 @@ import structlog
 from availmon.errors import StorageError
 from availmon.model import StatusRow
 from availmon.store.repository import Repository
+from availmon.store.spool import Spool
 
 log = structlog.get_logger("availmon.writer")
 
 CommitListener = Callable[[Sequence[StatusRow]], None]
-DROP_LOG_INTERVAL = 10.0  # seconds between two "queue full" warnings
+DROP_LOG_INTERVAL = 10.0
+# A write that hangs (a network cut, not a refusal) is abandoned after this and retried, so
+# spooling never waits behind it for longer.
+WRITE_TIMEOUT = 5.0  # seconds between two "queue full" warnings
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,8 @@ class WriterStats:
     last_flush_seconds: float | None
     last_error: str | None
     failing: bool
+    spooled: int = 0  # rows ever written to the spool
+    spool_backlog: int = 0  # rows in the spool now, waiting for PostgreSQL
 
 
 def _is_bad_data(exc: BaseException) -> bool:
@@ -66,6 +72,8 @@ class StatusWriter:
         *,
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
+        spool: Spool | None = None,
+        spool_after: float = 5.0,
     ) -> None:
         if batch_size < 1 or queue_size < 1 or flush_interval <= 0:
             raise ValueError("batch_size and queue_size must be >= 1, flush_interval > 0")
@@ -88,6 +96,9 @@ class StatusWriter:
         self._last_drop_log = -DROP_LOG_INTERVAL
         self._drops_since_log = 0
         self._listeners: list[CommitListener] = []
+        self._spool = spool
+        self._spool_after = spool_after
+        self._spooled = 0
 
     @property
     def stats(self) -> WriterStats:
@@ -100,6 +111,8 @@ class StatusWriter:
             last_flush_seconds=self._last_flush_seconds,
             last_error=self._last_error,
             failing=self._failing_since is not None,
+            spooled=self._spooled,
+            spool_backlog=self._spool.pending if self._spool else 0,
         )
 
     def submit(self, row: StatusRow) -> bool:
@@ -151,10 +164,16 @@ class StatusWriter:
         if not task.done():
             task.cancel()
             await asyncio.wait([task])
+            if self._spool is not None and self._buffer:
+                try:  # PostgreSQL is away: keep the rows for the next start
+                    await asyncio.shield(self._spill())
+                except Exception as exc:
+                    log.error("spool_failed", error=f"{type(exc).__name__}: {exc}")
             lost = len(self._buffer)
             self._buffer.clear()
             self._dropped += lost
-            log.error("writer_stop_timeout", rows_lost=lost, error=self._last_error)
+            if lost:
+                log.error("writer_stop_timeout", rows_lost=lost, error=self._last_error)
         log.info(
             "writer_stopped",
             written=self._written,
@@ -177,15 +196,59 @@ class StatusWriter:
                     pass
             self._wake.clear()
             try:
-                await self.flush()
+                await self._spool_if_needed()
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await self.flush()
             except Exception as exc:  # every database failure is retried
                 self._note_failure(exc, backoff)
-                await self._pause(backoff)
+                # while spooling, wake every flush interval so new rows reach the disk
+                spooling = self._spool is not None and self._spool.pending > 0
+                await self._pause(min(backoff, self._flush_interval) if spooling else backoff)
                 backoff = min(backoff * 2, self._retry_max)
                 continue
             backoff = self._retry_initial
             if self._stop_requested.is_set() and not self._buffer:
                 return
+
+    async def _spool_if_needed(self) -> None:
+        """Once PostgreSQL has failed for `spool_after` s, buffered rows go to the spool
+        (fsynced) so a crash cannot take them; the spool is replayed, oldest first, before
+        any newer row is written, which keeps rows in order."""
+        spool = self._spool
+        if spool is None:
+            return
+        failing_long = (
+            self._failing_since is not None
+            and time.monotonic() - self._failing_since >= self._spool_after
+        )
+        if (failing_long or spool.pending) and self._buffer:
+            await self._spill()
+        if spool.pending:
+            async with self._write_lock, asyncio.timeout(WRITE_TIMEOUT):
+                replayed = await spool.replay(self._write_replayed, self._batch_size)
+            if replayed:
+                log.info("spool_replayed", rows=replayed)
+
+    async def _spill(self) -> None:
+        assert self._spool is not None
+        rows = list(self._buffer)
+        await self._spool.append(rows)
+        for _ in range(len(rows)):
+            self._buffer.popleft()
+        self._spooled += len(rows)
+        log.warning("writer_spooled", rows=len(rows), spool_backlog=self._spool.pending)
+
+    async def _write_replayed(self, rows: list[StatusRow]) -> None:
+        rejected = await self._write_isolating(rows)
+        self._written += len(rows) - rejected
+        self._rejected += rejected
+        self._flushes += 1
+        self._notify_committed(rows)
+        if self._failing_since is not None:
+            log.info(
+                "writer_recovered", failed_for_s=round(time.monotonic() - self._failing_since, 3)
+            )
+            self._failing_since = None
 
     async def _pause(self, backoff: float) -> None:
         """Wait before a retry; a stop request shortens the wait but never skips it."""

@@ -210,15 +210,15 @@ async def test_config_sync_deactivates_removed_endpoints(pg_dsn: str, target: Ta
 
 
 async def test_without_a_dsn_the_daemon_runs_on_an_embedded_server(
-    pg_state_dir: Path, target: Target
+    daemon_state_dir: Path, target: Target
 ):
     settings = Settings(
-        daemon={"state_dir": pg_state_dir},
         api={"port": 0},
         database={"flush_interval": 0.1},
         scheduler={"tick_interval": 0.05},
         endpoints=[{"name": "web", "url": target.url, **FAST}],
     )
+    assert settings.daemon.state_dir == daemon_state_dir
     async with build_daemon(settings) as daemon:
 
         async def stored() -> bool:
@@ -226,7 +226,7 @@ async def test_without_a_dsn_the_daemon_runs_on_an_embedded_server(
             return daemon.writer.stats.written >= 2
 
         await wait_for(stored)
-        pgdata = pg_state_dir / "pgdata"
+        pgdata = daemon_state_dir / "pgdata"
         assert (pgdata / "PG_VERSION").exists()
         rows = await daemon.repo.list_statuses(daemon.monitor.all()[0].endpoint.id, limit=10)
         assert rows and all(r.status.value == "UP" for r in rows)

@@ -22,7 +22,8 @@ def test_invalid_config_names_file_key_and_reason(path: Path):
     assert info.value.lines == [f"{path}: {expected}"]
 
 
-def test_example_config_parses_and_uses_every_protocol():
+def test_example_config_parses_and_uses_every_protocol(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("AVAILMON_DAEMON__STATE_DIR", raising=False)
     settings = load_settings(ROOT / "config.example.toml")
     names = [e.name for e in settings.endpoint_specs]
     assert len(names) == len(set(names)) >= 3
