@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from availmon.model import AnyEndpoint
 from availmon.probes.base import Probe, ProbeContext
+from availmon.probes.dns import DnsProbe
 from availmon.probes.http import HttpProbe
+from availmon.probes.icmp import IcmpProbe
 from availmon.probes.tcp import TcpProbe
+from availmon.probes.udp import UdpProbe
 
 PROBES: dict[str, type[Probe]] = {}  # type: ignore[type-arg]
-for _cls in (HttpProbe, TcpProbe):
+for _cls in (HttpProbe, TcpProbe, UdpProbe, IcmpProbe, DnsProbe):
     for _protocol in _cls.protocols:
         PROBES[_protocol] = _cls
 

@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp.connector import Connection
 
 from availmon.model import AnyEndpoint, ProbeResult, Reason, Status
+from availmon.probes.tls import TlsPeer, capture
 
 SpecT = TypeVar("SpecT", bound=AnyEndpoint)
 
@@ -55,15 +56,19 @@ HTTP_TRACE_CONFIG = _http_trace_config()
 
 
 class PeerAddressResponse(aiohttp.ClientResponse):
-    """Remembers the peer's IP: with force_close the connection is gone once the body is in."""
+    """Remembers the peer's IP and TLS handshake: with force_close the connection is gone
+    once the body is in. Every hop of a redirect chain is one such response."""
 
     peer_address: str | None = None
+    tls_peer: TlsPeer | None = None
 
     async def start(self, connection: Connection) -> aiohttp.ClientResponse:
         transport = connection.transport
-        peer = transport.get_extra_info("peername") if transport is not None else None
-        if isinstance(peer, tuple) and peer:
-            self.peer_address = str(peer[0])
+        if transport is not None:
+            peer = transport.get_extra_info("peername")
+            if isinstance(peer, tuple) and peer:
+                self.peer_address = str(peer[0])
+            self.tls_peer = capture(transport.get_extra_info("ssl_object"))
         return await super().start(connection)
 
 

@@ -1,28 +1,29 @@
-"""HTTP/HTTPS probe: one request on the shared aiohttp session, judged by status, body, time.
+"""HTTP/HTTPS probe: one request on the shared aiohttp session, judged by status, body, time
+and certificates.
 
-Phase timings come from the TraceConfig the shared session carries (base.HTTP_TRACE_CONFIG,
-stamping into a dict passed as `trace_request_ctx`) plus one hook aiohttp lacks: the moment the
-TCP connection is up and the TLS handshake starts, which our SSLContext subclass records when
-asyncio wraps the socket.
+Phase timings live in http_timing. Every hop of a redirect chain is its own connection, verified
+under its own host name; each hop's certificate facts are captured by the session's response
+class (base.PeerAddressResponse) and judged here (tls.py: expired, not yet valid, expiring).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
-import functools
-import os
 import re
 import ssl
 import time
-from contextvars import ContextVar
+from datetime import datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from availmon.model import HttpEndpoint, ProbeResult, Reason
+from availmon.model import HttpEndpoint, ProbeResult, Reason, Status
+from availmon.probes import tls
 from availmon.probes.base import PeerAddressResponse, Probe, ProbeContext, down, elapsed_ms
+from availmon.probes.http_timing import MARKS, TimedSSLContext, phases, timeout_phase
 
 # Exception -> reason, most specific first: the first row whose type (and errno, when one is
 # given) matches wins. `{target}` is host:port, `{detail}` the library's own words for it.
@@ -82,44 +83,6 @@ _MAX_DETAIL: Final = 300  # characters of a library message kept (parsers quote 
 # Only our asyncio.timeout() bounds an attempt; aiohttp's defaults (300 s total) would not.
 _NO_CLIENT_TIMEOUT: Final = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None)
 
-# The current attempt's phase stamps, for the TLS hook below (it runs inside our task).
-_MARKS: ContextVar[dict[str, float] | None] = ContextVar("availmon_http_marks", default=None)
-
-
-class _TimedSSLContext(ssl.SSLContext):
-    """Stamps "tls_start" when asyncio wraps the connected socket: TCP is up, TLS begins."""
-
-    def wrap_bio(
-        self,
-        incoming: ssl.MemoryBIO,
-        outgoing: ssl.MemoryBIO,
-        server_side: bool = False,
-        server_hostname: str | bytes | None = None,
-        session: ssl.SSLSession | None = None,
-    ) -> ssl.SSLObject:
-        marks = _MARKS.get()
-        if marks is not None:
-            marks["tls_start"] = time.perf_counter()
-        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
-
-
-@functools.lru_cache(maxsize=64)
-def _ssl_context(verify: bool, ca_file: str | None, ca_mtime_ns: int) -> ssl.SSLContext:
-    """Shared per (verify, CA file version): a default context costs ~0.8 MB of memory.
-
-    Equivalent to ssl.create_default_context(cafile=ca_file), or to aiohttp's `ssl=False`
-    when not verifying, but of our class so the TLS phase can be timed.
-    """
-    context = _TimedSSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif ca_file is not None:
-        context.load_verify_locations(cafile=ca_file)
-    else:
-        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    return context
-
 
 def _host_port(host: str, port: int | None) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -142,68 +105,25 @@ def _detail(exc: BaseException) -> str:
     return " ".join(text.split())[:_MAX_DETAIL]
 
 
-def _hop_start(marks: dict[str, float]) -> float:
-    """Where the last hop began: with force_close every hop creates its connection afresh."""
-    return marks.get("connection_create_start", 0.0)
-
-
-def _mark(marks: dict[str, float], name: str, since: float) -> float | None:
-    """A stamp of the last hop only (a DNS or TLS stamp may be left from an earlier hop)."""
-    stamp = marks.get(name)
-    return stamp if stamp is not None and stamp >= since else None
-
-
-def _first(*stamps: float | None) -> float | None:
-    return next((stamp for stamp in stamps if stamp is not None), None)
-
-
-def _phases(marks: dict[str, float]) -> dict[str, float]:
-    """Milliseconds per phase of the last hop, for the phases that were seen to begin and end."""
-    since = _hop_start(marks)
-    dns_start = _mark(marks, "dns_resolvehost_start", since)
-    dns_end = _mark(marks, "dns_resolvehost_end", since)
-    conn_start = _mark(marks, "connection_create_start", since)
-    conn_end = _mark(marks, "connection_create_end", since)
-    tls_start = _mark(marks, "tls_start", since)
-    sent = _mark(marks, "request_headers_sent", since)
-    headers, body_end = marks.get("request_end"), marks.get("body_end")
-    spans = {
-        "dns": (dns_start, dns_end),
-        "connect": (_first(dns_end, conn_start), _first(tls_start, conn_end)),
-        "tls": (tls_start, conn_end),
-        "first_byte": (_first(sent, conn_end), headers),
-        "transfer": (headers, body_end),
-    }
-    return {
-        phase: round((end - start) * 1000.0, 3)
-        for phase, (start, end) in spans.items()
-        if start is not None and end is not None
-    }
-
-
-def _timeout_phase(marks: dict[str, float]) -> str | None:
-    if "request_start" not in marks:
-        return None  # a session without our TraceConfig: nothing to tell
-    since = _hop_start(marks)
-    if "request_end" in marks:
-        return "body"
-    if _mark(marks, "connection_create_end", since) is not None:
-        return "first_byte"
-    if _mark(marks, "tls_start", since) is not None:
-        return "tls"
-    if (
-        _mark(marks, "dns_resolvehost_start", since) is not None
-        and _mark(marks, "dns_resolvehost_end", since) is None
-    ):
-        return "dns"
-    return "connect"
+def _tls_peer(response: aiohttp.ClientResponse) -> tls.TlsPeer | None:
+    return response.tls_peer if isinstance(response, PeerAddressResponse) else None
 
 
 def _redirects(
-    history: tuple[aiohttp.ClientResponse, ...], final: aiohttp.ClientResponse | None = None
+    history: tuple[aiohttp.ClientResponse, ...],
+    now: datetime,
+    final: aiohttp.ClientResponse | None = None,
 ) -> list[dict[str, Any]]:
-    # aiohttp puts a 3xx without Location into its own history, though it follows nothing.
-    return [{"url": str(hop.url), "status": hop.status} for hop in history if hop is not final]
+    """Each hop followed: url, status, and for HTTPS the certificate that hop presented."""
+    hops = []
+    for hop in history:
+        if hop is final:  # aiohttp puts a 3xx without Location into its history, too
+            continue
+        entry: dict[str, Any] = {"url": str(hop.url), "status": hop.status}
+        if (peer := _tls_peer(hop)) is not None:
+            entry["tls"] = tls.describe(peer, now)
+        hops.append(entry)
+    return hops
 
 
 class HttpProbe(Probe[HttpEndpoint]):
@@ -229,8 +149,7 @@ class HttpProbe(Probe[HttpEndpoint]):
         self._config_error = ""
         self._ssl: ssl.SSLContext | None = None
         try:
-            mtime = os.stat(spec.ca_file).st_mtime_ns if spec.ca_file and spec.verify_tls else 0
-            self._ssl = _ssl_context(spec.verify_tls, spec.ca_file, mtime)
+            self._ssl = tls.client_context(spec.verify_tls, spec.ca_file, TimedSSLContext)
         except (OSError, ssl.SSLError) as exc:  # a bad ca_file is this endpoint's failure only
             self._config_error = f"cannot load ca_file {spec.ca_file!r}: {_detail(exc)}"
 
@@ -239,15 +158,41 @@ class HttpProbe(Probe[HttpEndpoint]):
             return down(Reason.INVALID_CONFIG, self._config_error)
         session = await self.context.get_http_session()
         marks: dict[str, float] = {}
-        token = _MARKS.set(marks)
+        token = MARKS.set(marks)
         started = time.perf_counter()
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(deadline):
                 return await self._exchange(session, self._ssl, marks, started)
         except _HANDLED as exc:
-            return self._failure(exc, marks, timeout)
+            result, error = self._failure(exc, marks, timeout), exc
         finally:
-            _MARKS.reset(token)
+            MARKS.reset(token)
+        if isinstance(error, aiohttp.ClientConnectorCertificateError):
+            reason = tls.date_error(error.certificate_error)
+            if reason is not None:
+                return await self._date_failure(error, reason, result, deadline)
+        return result
+
+    async def _date_failure(
+        self,
+        exc: aiohttp.ClientConnectorCertificateError,
+        reason: Reason,
+        result: ProbeResult,
+        deadline: float,
+    ) -> ProbeResult:
+        """An expired or not-yet-valid certificate: DOWN with that reason and, when one more
+        (unverified) handshake within the deadline can read it, the leaf's dates."""
+        peer = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                peer = await tls.fetch_unverified(exc.host, exc.port or 443, exc.host)
+        now = tls.now_utc()
+        details = dict(result.details)
+        details["tls_error_host"] = _host_port(exc.host, exc.port)
+        if peer is not None:
+            details["tls"] = tls.describe(peer, now)
+        return down(reason, tls.date_message(reason, peer, now), None, details)
 
     async def _exchange(
         self,
@@ -270,19 +215,45 @@ class HttpProbe(Probe[HttpEndpoint]):
             body, size, truncated = await self._read_body(response)
             marks["body_end"] = time.perf_counter()
             response_time_ms = elapsed_ms(started)
+            now = tls.now_utc()
             details: dict[str, Any] = {
                 "status_code": response.status,
                 "body_bytes": size,
                 "final_url": str(response.url),
-                "redirects": _redirects(response.history, response),
+                "redirects": _redirects(response.history, now, response),
             }
             if truncated:
                 details["body_truncated"] = True
             if isinstance(response, PeerAddressResponse) and response.peer_address:
                 details["resolved_address"] = response.peer_address
-            if phases := _phases(marks):
-                details["phases_ms"] = phases
-            return self._judge(response, body, truncated, response_time_ms, details)
+            if (peer := _tls_peer(response)) is not None:
+                details["tls"] = tls.describe(peer, now)
+            if timings := phases(marks):
+                details["phases_ms"] = timings
+            result = self._judge(response, body, truncated, response_time_ms, details)
+            if result.status is Status.DOWN:
+                return result
+            return self._certificate_warning(response, now, result)
+
+    def _certificate_warning(
+        self, response: aiohttp.ClientResponse, now: datetime, result: ProbeResult
+    ) -> ProbeResult:
+        """DEGRADED when any hop's verified certificate expires within the warning period."""
+        hops = [*response.history, response]
+        for hop in hops:
+            peer = _tls_peer(hop)
+            warning = peer and tls.expiry_warning(peer, now, self.spec.cert_expiry_warning_days)
+            if warning:
+                if result.reason is Reason.SLOW:
+                    warning = f"{warning}; {result.error}"
+                return ProbeResult(
+                    Status.DEGRADED,
+                    Reason.CERT_EXPIRING,
+                    result.response_time_ms,
+                    warning,
+                    details=result.details,
+                )
+        return result
 
     async def _read_body(self, response: aiohttp.ClientResponse) -> tuple[bytes, int, bool]:
         """(kept bytes, bytes read up to the limit, whether there was more than the limit).
@@ -341,9 +312,9 @@ class HttpProbe(Probe[HttpEndpoint]):
             host, target = exc.host, _host_port(exc.host, exc.port)
         details: dict[str, Any] = {}
         if isinstance(exc, aiohttp.ClientResponseError) and exc.history:
-            details["redirects"] = _redirects(exc.history)
-        if phases := _phases(marks):
-            details["phases_ms"] = phases
+            details["redirects"] = _redirects(exc.history, tls.now_utc())
+        if timings := phases(marks):
+            details["phases_ms"] = timings
         message = summary.format(
             target=target,
             host=host,
@@ -351,7 +322,7 @@ class HttpProbe(Probe[HttpEndpoint]):
             timeout=timeout,
             detail=_detail(exc),
         )
-        if reason is Reason.TIMEOUT and (phase := _timeout_phase(marks)) is not None:
+        if reason is Reason.TIMEOUT and (phase := timeout_phase(marks)) is not None:
             details["timeout_phase"] = phase
             message = f"{message} (timed out in {phase} phase)"
         return down(reason, message, None, details)

@@ -1,26 +1,33 @@
-"""TCP probe: connect, optionally send bytes, optionally wait for a pattern in what comes back.
+"""TCP probe: connect, optionally TLS, optionally send bytes, optionally wait for a pattern.
 
 The pattern is tested against the bytes received so far after every chunk, so a server that
 greets and then keeps the connection open (no newline, no close) is UP as soon as it matches.
+With `tls = true` the handshake follows the connect (its own phase) and the certificate facts
+are those of the HTTPS probe (tls.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import re
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from availmon.model import ProbeResult, Reason, TcpEndpoint
+from availmon.model import ProbeResult, Reason, Status, TcpEndpoint
+from availmon.probes import tls
 from availmon.probes.base import Probe, ProbeContext, down, elapsed_ms
 
 # Exception -> reason, most specific first: the first row whose type matches wins.
 # `{target}` is host:port (and the address tried), `{detail}` the OS's words for the error.
-# TimeoutError is an OSError, so it must come before the OSError catch-all.
+# TimeoutError and ssl.SSLError are OSErrors, so they come before the OSError catch-all.
 _ERRORS: Final[tuple[tuple[type[OSError], Reason, str], ...]] = (
+    (ssl.SSLCertVerificationError, Reason.TLS_ERROR, "TLS certificate verify failed: {detail}"),
+    (ssl.SSLError, Reason.TLS_ERROR, "TLS handshake with {target} failed: {detail}"),
     (socket.gaierror, Reason.DNS_ERROR, "cannot resolve {host}: {detail}"),
     (ConnectionRefusedError, Reason.REFUSED, "connection refused by {target}"),
     (ConnectionResetError, Reason.RESET, "connection reset by {target}"),
@@ -42,9 +49,22 @@ class _Progress:
     address: str | None = None
     resolved: float | None = None
     connected: float | None = None
+    secured: float | None = None  # TLS handshake done
+    tls_peer: tls.TlsPeer | None = None
     sent: float | None = None
     done: float | None = None
     received: bytearray = field(default_factory=bytearray)
+
+
+def _detail(exc: OSError) -> str:
+    """The OS's (or OpenSSL's) words for the error, on one line."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        text = str(exc.verify_message)
+    elif isinstance(exc, ssl.SSLError):
+        text = exc.reason or str(exc)
+    else:
+        text = exc.strerror or str(exc) or type(exc).__name__
+    return " ".join(text.split())
 
 
 def _ms(start: float | None, end: float | None) -> float | None:
@@ -66,6 +86,15 @@ class TcpProbe(Probe[TcpEndpoint]):
         self._pattern = re.compile(pattern.encode("utf-8")) if pattern is not None else None
         self._payload = spec.send.encode("utf-8") if spec.send is not None else None
         self._limit = spec.max_read_bytes
+        self._tls: ssl.SSLContext | None = None
+        self._config_error: str | None = None
+        if spec.tls:
+            try:
+                self._tls = tls.client_context(spec.verify_tls, spec.ca_file)
+            except (OSError, ssl.SSLError) as exc:  # this endpoint's failure only
+                detail = exc.strerror or str(exc)
+                self._config_error = f"cannot load ca_file {spec.ca_file!r}: {detail}"
+        self._server_name = spec.server_name or self._host  # SNI and the name verified
         # An IP literal needs no resolver (a getaddrinfo call would still cost a thread hop).
         self._addresses: list[tuple[int, str]] | None = None
         try:
@@ -77,14 +106,20 @@ class TcpProbe(Probe[TcpEndpoint]):
             self._addresses = [(family, self._host)]
 
     async def attempt(self, timeout: float) -> ProbeResult:
+        if self._config_error is not None:
+            return down(Reason.INVALID_CONFIG, self._config_error)
         progress = _Progress(time.perf_counter())
         writer: asyncio.StreamWriter | None = None
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(deadline):
                 reader, writer = await self._connect(progress)
-                return await self._converse(reader, writer, progress)
+                if self._tls is not None:
+                    await self._handshake(writer, self._tls, progress)
+                result = await self._converse(reader, writer, progress)
+                return self._certificate_warning(result, progress)
         except _HANDLED as exc:
-            return self._failure(exc, progress, timeout)
+            result, error = self._failure(exc, progress, timeout), exc
         finally:
             if writer is not None:
                 transport = writer.transport
@@ -92,6 +127,50 @@ class TcpProbe(Probe[TcpEndpoint]):
                     transport.abort()  # a peer that does not read would keep it open forever
                 else:
                     transport.close()
+        if (reason := tls.date_error(error)) is not None:
+            return await self._date_failure(reason, result, deadline)
+        return result
+
+    async def _handshake(
+        self, writer: asyncio.StreamWriter, context: ssl.SSLContext, progress: _Progress
+    ) -> None:
+        progress.phase = "tls"
+        await writer.start_tls(context, server_hostname=self._server_name)
+        progress.secured = time.perf_counter()
+        progress.tls_peer = tls.capture(writer.get_extra_info("ssl_object"))
+
+    async def _date_failure(
+        self, reason: Reason, result: ProbeResult, deadline: float
+    ) -> ProbeResult:
+        """An expired or not-yet-valid certificate: DOWN with that reason and, when one more
+        (unverified) handshake within the deadline can read it, the leaf's dates."""
+        peer = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                peer = await tls.fetch_unverified(self._host, self._port, self._server_name)
+        now = tls.now_utc()
+        details = dict(result.details)
+        if peer is not None:
+            details["tls"] = tls.describe(peer, now)
+        return down(reason, tls.date_message(reason, peer, now), None, details)
+
+    def _certificate_warning(self, result: ProbeResult, progress: _Progress) -> ProbeResult:
+        """DEGRADED when the verified certificate expires within the warning period."""
+        peer = progress.tls_peer
+        if result.status is Status.DOWN or peer is None:
+            return result
+        warning = tls.expiry_warning(peer, tls.now_utc(), self.spec.cert_expiry_warning_days)
+        if warning is None:
+            return result
+        if result.reason is Reason.SLOW:
+            warning = f"{warning}; {result.error}"
+        return ProbeResult(
+            Status.DEGRADED,
+            Reason.CERT_EXPIRING,
+            result.response_time_ms,
+            warning,
+            details=result.details,
+        )
 
     async def _connect(
         self, progress: _Progress
@@ -170,8 +249,10 @@ class TcpProbe(Probe[TcpEndpoint]):
             target=self._describe_target(progress),
             host=self._host,
             timeout=timeout,
-            detail=exc.strerror or str(exc) or type(exc).__name__,
+            detail=_detail(exc),
         )
+        if progress.phase == "tls" and reason in (Reason.RESET, Reason.NETWORK_ERROR):
+            message += " during the TLS handshake"
         if reason is Reason.TIMEOUT:
             details["timeout_phase"] = progress.phase
             message += (
@@ -190,10 +271,13 @@ class TcpProbe(Probe[TcpEndpoint]):
         details: dict[str, Any] = {"bytes_received": len(progress.received)}
         if progress.connected is not None and progress.address is not None:
             details["resolved_address"] = progress.address
+        if progress.tls_peer is not None:
+            details["tls"] = tls.describe(progress.tls_peer, tls.now_utc())
         spans = {
             "dns": _ms(progress.started, progress.resolved),
             "connect": _ms(progress.resolved or progress.started, progress.connected),
-            "read": _ms(progress.sent or progress.connected, progress.done),
+            "tls": _ms(progress.connected, progress.secured),
+            "read": _ms(progress.sent or progress.secured or progress.connected, progress.done),
         }
         if phases := {phase: ms for phase, ms in spans.items() if ms is not None}:
             details["phases_ms"] = phases

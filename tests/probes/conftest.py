@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import socket
 import ssl
 import struct
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,10 @@ RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[No
 
 
 def make_spec(url: str, **fields: Any) -> AnyEndpoint:
-    return ENDPOINT_ADAPTER.validate_python({"name": "probe-test", "url": url, **fields})
+    spec = ENDPOINT_ADAPTER.validate_python({"name": "probe-test", "url": url, **fields})
+    # The store keeps model_dump(mode="json") and validates it again on load: it must pass.
+    assert ENDPOINT_ADAPTER.validate_python(spec.model_dump(mode="json")) == spec
+    return spec
 
 
 @pytest.fixture
@@ -116,7 +122,7 @@ class RawServer:
         self.writers: list[asyncio.StreamWriter] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, handler: RawHandler) -> int:
+    async def start(self, handler: RawHandler, ssl_context: ssl.SSLContext | None = None) -> int:
         async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.writers.append(writer)
             task = asyncio.current_task()
@@ -128,7 +134,7 @@ class RawServer:
                 self.tasks.discard(task)
                 writer.close()
 
-        server = await asyncio.start_server(tracked, LOOPBACK, 0)
+        server = await asyncio.start_server(tracked, LOOPBACK, 0, ssl=ssl_context)
         self.servers.append(server)
         port: int = server.sockets[0].getsockname()[1]
         return port
@@ -188,3 +194,69 @@ def full_backlog() -> Iterator[int]:
         finally:
             for filler in fillers:
                 filler.close()
+
+
+@dataclass
+class Pki:
+    """A private root (the only thing in ca_file), an intermediate, and leaves on demand."""
+
+    root: trustme.CA
+    intermediate: trustme.CA
+    ca_file: Path
+    folder: Path
+
+    def leaf(
+        self,
+        *names: str,
+        valid_days: tuple[float, float] = (-1, 90),
+        via_intermediate: bool = False,
+    ) -> trustme.LeafCert:
+        """A leaf for `names`, valid from now+valid_days[0] to now+valid_days[1] days."""
+        now = datetime.now(UTC)
+        issuer = self.intermediate if via_intermediate else self.root
+        return issuer.issue_cert(
+            *(names or (LOOPBACK, "localhost")),
+            common_name=(names or (LOOPBACK,))[0],
+            not_before=now + timedelta(days=valid_days[0]),
+            not_after=now + timedelta(days=valid_days[1]),
+        )
+
+    def server_context(self, leaf: trustme.LeafCert, with_chain: bool = True) -> ssl.SSLContext:
+        """A server context presenting the leaf, with its intermediates unless told not to."""
+        pems = leaf.cert_chain_pems if with_chain else leaf.cert_chain_pems[:1]
+        cert_file = self.folder / f"leaf-{secrets.token_hex(4)}.pem"
+        cert_file.write_bytes(b"".join(pem.bytes() for pem in pems))
+        key_file = cert_file.with_suffix(".key")
+        key_file.write_bytes(leaf.private_key_pem.bytes())
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert_file, key_file)
+        return context
+
+    def virtual_hosts(
+        self, default: ssl.SSLContext, by_name: dict[str, ssl.SSLContext]
+    ) -> ssl.SSLContext:
+        """One listener, a certificate per SNI name; `default` when no (or another) name."""
+
+        def pick(ssl_object: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
+            ssl_object.context = by_name.get(name or "", default)
+
+        default.sni_callback = pick
+        return default
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = trustme.CA(organization_name="availmon test root")
+    folder = tmp_path_factory.mktemp("pki")
+    ca_file = folder / "root.pem"
+    root.cert_pem.write_to_path(str(ca_file))
+    return Pki(root, root.create_child_ca(), ca_file, folder)
+
+
+def example_endpoints(protocol: str) -> list[AnyEndpoint]:
+    """The commented "Real-world examples" of config.example.toml for one protocol, validated."""
+    text = (Path(__file__).parents[2] / "config.example.toml").read_text()
+    block = text[text.index("# Real-world examples") :].splitlines()[1:]
+    parsed = tomllib.loads("\n".join(line.removeprefix("#").removeprefix(" ") for line in block))
+    specs = [ENDPOINT_ADAPTER.validate_python(entry) for entry in parsed["endpoints"]]
+    return [spec for spec in specs if spec.protocol.value == protocol]

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import importlib
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp.compression_utils import HAS_BROTLI
 
 from availmon.model import Reason, Status
 from availmon.probes.base import Probe
 from availmon.probes.http import HttpProbe
 
-from .conftest import RawServer, StartApp, Tls, hang, reset_connection
+from .conftest import (
+    RawServer,
+    StartApp,
+    Tls,
+    hang,
+    reset_connection,
+)
+
+brotli: Any = importlib.import_module("brotli") if HAS_BROTLI else None
 
 MakeProbe = Callable[..., Probe[Any]]
 
@@ -186,6 +197,21 @@ async def test_redirects_off_checks_the_302_itself(make_probe: MakeProbe, base: 
     result = await probe.attempt(2.0)
     assert (result.status, result.reason) == (Status.UP, Reason.OK)
     assert result.details["final_url"] == f"{base}/redirect/1"
+
+
+async def test_redirects_off_checks_the_302_body(make_probe: MakeProbe, base: str) -> None:
+    url = f"{base}/redirect/1"
+    probe = make_probe(
+        url, follow_redirects=False, expected_status_code=302, expected_pattern="302"
+    )
+    result = await probe.attempt(2.0)
+    assert (result.status, result.reason) == (Status.UP, Reason.OK)
+    assert result.details["body_bytes"] == len("302: Found")
+    probe = make_probe(
+        url, follow_redirects=False, expected_status_code="3xx", expected_pattern="x"
+    )
+    result = await probe.attempt(2.0)
+    assert (result.status, result.reason) == (Status.DOWN, Reason.PATTERN_MISMATCH)
 
 
 async def test_pattern_mismatch(make_probe: MakeProbe, base: str) -> None:
@@ -425,6 +451,69 @@ async def test_phases_are_those_of_the_last_hop(
     secure = await start_app(app, tls_material.server_context)
     result = await make_probe(f"{secure}/", ca_file=str(tls_material.ca_file)).attempt(2.0)
     assert (result.status, result.reason) == (Status.UP, Reason.OK)
-    assert result.details["redirects"] == [{"url": f"{secure}/", "status": 302}]
+    (hop,) = result.details["redirects"]
+    assert (hop["url"], hop["status"]) == (f"{secure}/", 302)
+    assert hop["tls"]["issuer"].startswith("OU=Testing CA #")  # the https hop's certificate
+    assert len(hop["tls"]["chain"]) == 2
+    assert "tls" not in result.details  # the final hop is plain http
     assert result.details["final_url"] == f"{base}/ok"
     assert set(result.details["phases_ms"]) == {"connect", "first_byte", "transfer"}
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+async def _compressed(request: web.Request) -> web.StreamResponse:
+    """Chunked transfer of a compressed body, whatever the client said it accepts."""
+    kind = request.match_info["kind"]
+    plain = b"the needle is here " * 200
+    body = gzip.compress(plain) if kind == "gzip" else zlib.compress(plain)
+    response = web.StreamResponse(headers={"Content-Encoding": kind, "Content-Type": "text/plain"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    for start in range(0, len(body), 100):
+        await response.write(body[start : start + 100])
+    await response.write_eof()
+    return response
+
+
+async def _brotli(request: web.Request) -> web.Response:
+    plain = b"the needle is here " * 20
+    body = brotli.compress(plain) if HAS_BROTLI else b"\x8b\x02\x80not really brotli"
+    return web.Response(body=body, headers={"Content-Encoding": "br"}, content_type="text/plain")
+
+
+@pytest.mark.parametrize("kind", ["gzip", "deflate"])
+async def test_compressed_chunked_body_is_decoded_before_rules(
+    make_probe: MakeProbe, start_app: StartApp, kind: str
+) -> None:
+    app = web.Application()
+    app.router.add_get("/{kind}", _compressed)
+    base = await start_app(app)
+    probe = make_probe(
+        f"{base}/{kind}",
+        headers={"Accept-Encoding": kind},  # set by the user: aiohttp must still decode
+        expected_pattern=r"(the needle is here ){200}",
+    )
+    result = await probe.attempt(2.0)
+    assert (result.status, result.reason, result.error) == (Status.UP, Reason.OK, None)
+    assert result.details["body_bytes"] == len(b"the needle is here " * 200)
+    over = make_probe(f"{base}/{kind}", max_body_bytes=1000, expected_pattern="needle")
+    result = await over.attempt(2.0)
+    assert (result.status, result.reason) == (Status.DOWN, Reason.BODY_TOO_LARGE)
+    assert result.details["body_bytes"] == 1000  # counted after decoding
+
+
+async def test_brotli_decoded_when_a_decoder_is_installed(
+    make_probe: MakeProbe, start_app: StartApp
+) -> None:
+    app = web.Application()
+    app.router.add_get("/br", _brotli)
+    base = await start_app(app)
+    probe = make_probe(f"{base}/br", headers={"Accept-Encoding": "br"}, expected_pattern="needle")
+    result = await probe.attempt(2.0)
+    if HAS_BROTLI:
+        assert (result.status, result.reason) == (Status.UP, Reason.OK)
+    else:  # never a pattern verdict on bytes nobody could decode
+        assert (result.status, result.reason) == (Status.DOWN, Reason.INVALID_RESPONSE)
+        assert result.error is not None and "brotli" in result.error.lower()

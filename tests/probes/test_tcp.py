@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
-from availmon.model import Reason, Status
+import pytest
+
+from availmon.model import Reason, Status, TcpEndpoint
 from availmon.probes.base import Probe
 from availmon.probes.tcp import TcpProbe
 
-from .conftest import RawServer, hang, reset_connection
+from .conftest import Pki, RawServer, example_endpoints, hang, reset_connection
 
 MakeProbe = Callable[..., Probe[Any]]
 
@@ -207,3 +210,168 @@ async def test_slow_match_is_degraded(make_probe: MakeProbe, raw_server: RawServ
 
 async def test_registry_builds_tcp_probe(make_probe: MakeProbe) -> None:
     assert isinstance(make_probe("tcp://127.0.0.1:1"), TcpProbe)
+
+
+async def test_accept_and_close_is_up_for_connect_only(
+    make_probe: MakeProbe, raw_server: RawServer
+) -> None:
+    async def close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        return None
+
+    port = await raw_server.start(close)
+    result = await make_probe(f"tcp://127.0.0.1:{port}").attempt(2.0)
+    assert (result.status, result.reason) == (Status.UP, Reason.OK)
+    result = await make_probe(f"tcp://127.0.0.1:{port}", expected_pattern=".").attempt(2.0)
+    assert (result.status, result.reason) == (Status.DOWN, Reason.CLOSED_WITHOUT_DATA)
+
+
+# --- TLS on connect ---------------------------------------------------------------------------
+
+
+async def _tls_greeter(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    line = await reader.readline()
+    writer.write(b"+OK " + line)
+    await writer.drain()
+    await hang(reader, writer)
+
+
+async def test_tls_connect_records_certificate(
+    make_probe: MakeProbe, raw_server: RawServer, pki: Pki
+) -> None:
+    port = await raw_server.start(hang, pki.server_context(pki.leaf()))
+    probe = make_probe(f"tcp://127.0.0.1:{port}", tls=True, ca_file=str(pki.ca_file))
+    result = await probe.attempt(2.0)
+    assert (result.status, result.reason, result.error) == (Status.UP, Reason.OK, None)
+    facts = result.details["tls"]
+    assert facts["subject"].startswith("CN=127.0.0.1,")
+    assert len(facts["chain"]) == 2
+    assert set(result.details["phases_ms"]) == {"connect", "tls"}
+
+
+async def test_tls_send_and_pattern_go_over_tls(
+    make_probe: MakeProbe, raw_server: RawServer, pki: Pki
+) -> None:
+    port = await raw_server.start(_tls_greeter, pki.server_context(pki.leaf()))
+    probe = make_probe(
+        f"tcp://127.0.0.1:{port}",
+        tls=True,
+        ca_file=str(pki.ca_file),
+        send="PING\n",
+        expected_pattern=r"^\+OK PING",
+    )
+    result = await probe.attempt(2.0)
+    assert (result.status, result.reason, result.error) == (Status.UP, Reason.OK, None)
+    assert result.details["bytes_received"] == len(b"+OK PING\n")
+    assert set(result.details["phases_ms"]) == {"connect", "tls", "read"}
+
+
+async def test_tls_server_names_pick_virtual_hosts(
+    make_probe: MakeProbe, raw_server: RawServer, pki: Pki
+) -> None:
+    alpha = pki.server_context(pki.leaf("alpha.test"))
+    beta = pki.server_context(pki.leaf("beta.test"))
+    port = await raw_server.start(hang, pki.virtual_hosts(beta, {"alpha.test": alpha}))
+    results = {}
+    for name in ("alpha.test", "beta.test"):
+        probe = make_probe(
+            f"tcp://127.0.0.1:{port}", tls=True, ca_file=str(pki.ca_file), server_name=name
+        )
+        results[name] = await probe.attempt(2.0)
+    for name, result in results.items():
+        assert (result.status, result.reason) == (Status.UP, Reason.OK)
+        assert result.details["tls"]["server_name"] == name
+        assert result.details["tls"]["subject"].startswith(f"CN={name},")
+
+
+async def test_tls_name_mismatch_is_tls_error(
+    make_probe: MakeProbe, raw_server: RawServer, pki: Pki
+) -> None:
+    port = await raw_server.start(hang, pki.server_context(pki.leaf("alpha.test")))
+    probe = make_probe(
+        f"tcp://127.0.0.1:{port}", tls=True, ca_file=str(pki.ca_file), server_name="beta.test"
+    )
+    result = await probe.attempt(2.0)
+    assert (result.status, result.reason) == (Status.DOWN, Reason.TLS_ERROR)
+    assert result.error == (
+        "TLS certificate verify failed: Hostname mismatch, certificate is not valid for"
+        " 'beta.test'."
+    )
+    assert result.response_time_ms is None
+
+
+async def test_tls_untrusted_is_tls_error(
+    make_probe: MakeProbe, raw_server: RawServer, pki: Pki
+) -> None:
+    port = await raw_server.start(hang, pki.server_context(pki.leaf()))
+    result = await make_probe(f"tcp://127.0.0.1:{port}", tls=True).attempt(2.0)
+    assert (result.status, result.reason) == (Status.DOWN, Reason.TLS_ERROR)
+    assert result.error == "TLS certificate verify failed: unable to get local issuer certificate"
+
+
+@pytest.mark.parametrize(
+    ("valid_days", "reason", "field"),
+    [
+        ((-30, -1), Reason.CERT_EXPIRED, "not_after"),
+        ((2, 30), Reason.CERT_NOT_YET_VALID, "not_before"),
+    ],
+)
+async def test_tls_certificate_out_of_dates(
+    make_probe: MakeProbe,
+    raw_server: RawServer,
+    pki: Pki,
+    valid_days: tuple[int, int],
+    reason: Reason,
+    field: str,
+) -> None:
+    port = await raw_server.start(hang, pki.server_context(pki.leaf(valid_days=valid_days)))
+    probe = make_probe(f"tcp://127.0.0.1:{port}", tls=True, ca_file=str(pki.ca_file))
+    result = await probe.attempt(2.0)
+    assert (result.status, result.reason) == (Status.DOWN, reason)
+    facts = result.details["tls"]
+    assert result.error is not None and result.error.endswith(f"({field} {facts[field]})")
+    assert facts["chain"] is None
+
+
+async def test_tls_near_expiry_is_degraded_and_unverified_is_not_judged(
+    make_probe: MakeProbe, raw_server: RawServer, pki: Pki
+) -> None:
+    port = await raw_server.start(hang, pki.server_context(pki.leaf(valid_days=(-10, 3))))
+    url = f"tcp://127.0.0.1:{port}"
+    result = await make_probe(url, tls=True, ca_file=str(pki.ca_file)).attempt(2.0)
+    assert (result.status, result.reason) == (Status.DEGRADED, Reason.CERT_EXPIRING)
+    result = await make_probe(url, tls=True, verify_tls=False).attempt(2.0)
+    assert (result.status, result.reason) == (Status.UP, Reason.OK)
+    assert result.details["tls"]["chain"] is None
+    assert 2.9 < result.details["tls"]["days_remaining"] <= 3
+
+
+async def test_tls_handshake_never_answered(make_probe: MakeProbe, raw_server: RawServer) -> None:
+    port = await raw_server.start(hang)
+    result = await make_probe(f"tcp://127.0.0.1:{port}", tls=True).attempt(0.2)
+    assert (result.status, result.reason) == (Status.DOWN, Reason.TIMEOUT)
+    assert result.details["timeout_phase"] == "tls"
+
+
+async def test_tls_to_a_server_that_closes(make_probe: MakeProbe, raw_server: RawServer) -> None:
+    async def close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        return None
+
+    port = await raw_server.start(close)
+    result = await make_probe(f"tcp://127.0.0.1:{port}", tls=True).attempt(2.0)
+    assert (result.status, result.reason) == (Status.DOWN, Reason.RESET)
+    assert result.error == f"connection reset by 127.0.0.1:{port} during the TLS handshake"
+    assert result.response_time_ms is None
+
+
+async def test_tcp_tls_details_are_json(
+    make_probe: MakeProbe, raw_server: RawServer, pki: Pki
+) -> None:
+    port = await raw_server.start(hang, pki.server_context(pki.leaf()))
+    probe = make_probe(f"tcp://127.0.0.1:{port}", tls=True, ca_file=str(pki.ca_file))
+    document = json.loads(json.dumps((await probe.attempt(2.0)).to_json()))
+    assert document["details"]["tls"]["chain"][1]["subject"] == document["details"]["tls"]["issuer"]
+
+
+def test_example_config_has_a_tcp_tls_example() -> None:
+    specs = example_endpoints("tcp")
+    assert any(isinstance(spec, TcpEndpoint) and spec.tls for spec in specs)
