@@ -4,8 +4,6 @@ stopped in reverse. Nothing else in the package builds long-lived objects."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -202,24 +200,6 @@ async def _start_api(stack: AsyncExitStack, daemon: Daemon) -> int:
     server = site._server
     sockets = getattr(server, "sockets", None) or []
     return int(sockets[0].getsockname()[1]) if sockets else api.port
-
-
-async def run_daemon(settings: Settings) -> int:
-    """`availmon run`: until SIGTERM or SIGINT; exit code 0 on a clean stop."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        async with build_daemon(settings):
-            await stop.wait()
-            log.info("availmon_stopping")
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
-    log.info("availmon_stopped")
-    return 0
 
 
 async def run_migrations(settings: Settings) -> list[str]:

@@ -87,7 +87,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from availmon.app import run_daemon
+    from availmon.lifecycle import run_daemon
 
     try:
         settings = _load(args)
@@ -96,7 +96,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     configure_logging(settings.logging.level, settings.logging.format)
     try:
-        return asyncio.run(run_daemon(settings))
+        return asyncio.run(run_daemon(settings, _config_path(args)[0]))
     except AvailmonError as exc:
         get_logger("availmon").error("availmon_failed", error=str(exc))
         return EXIT_CONFIG

@@ -97,7 +97,7 @@ class AvailabilityService:
         if spec.is_active:
             self._fleet.apply(endpoint)
         else:
-            await self._retire(endpoint_id)
+            await self.retire_endpoint(endpoint_id)
         return endpoint
 
     async def get_endpoint(self, endpoint_id: int) -> Endpoint:
@@ -112,9 +112,10 @@ class AvailabilityService:
         current = await self._repo.get_endpoint(endpoint_id)
         self._refuse_config_owned(current)
         await self._repo.delete_endpoint(endpoint_id)
-        await self._retire(endpoint_id)
+        await self.retire_endpoint(endpoint_id)
 
-    async def _retire(self, endpoint_id: int) -> None:
+    async def retire_endpoint(self, endpoint_id: int) -> None:
+        """Stop watching; close its open outage, since nobody will see it recover."""
         if endpoint_id in self._fleet.monitor:
             outage_id = self._fleet.monitor.get(endpoint_id).outage_id
             if outage_id is not None:
