@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiohttp import web
 
@@ -180,6 +181,28 @@ async def _drain(scheduler: CheckScheduler, timeout: float) -> None:
     log.info("checks_stopped", cancelled_in_flight=cancelled)
 
 
+def readiness(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
+    stats = daemon.writer.stats
+    problems = []
+    if stats.failing:
+        problems.append(f"results are not reaching PostgreSQL: {stats.last_error}")
+    if not daemon.scheduler.running:
+        problems.append("checks are not scheduled")
+    facts: dict[str, Any] = {
+        "problems": problems,
+        "endpoints": len(daemon.monitor),
+        "writer": {
+            "queued": stats.queued,
+            "spool_backlog": stats.spool_backlog,
+            "written": stats.written,
+            "dropped": stats.dropped,
+            "failing": stats.failing,
+        },
+        "checks": {"executed": daemon.scheduler.executed, "skipped": daemon.scheduler.skipped},
+    }
+    return not problems, facts
+
+
 async def _start_api(stack: AsyncExitStack, daemon: Daemon) -> int:
     api = daemon.settings.api
     token = api.token.get_secret_value() if api.token else None
@@ -190,6 +213,7 @@ async def _start_api(stack: AsyncExitStack, daemon: Daemon) -> int:
             outages=daemon.outages,
             token=token or None,
             max_body_bytes=api.max_body_bytes,
+            readiness=lambda: readiness(daemon),
         )
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -93,6 +93,10 @@ class CheckScheduler:
         return endpoint_id in self._plans
 
     @property
+    def running(self) -> bool:
+        return bool(self._aps.running) and not self._stopping
+
+    @property
     def scheduled_count(self) -> int:
         return len(self._plans)
 

@@ -31,6 +31,8 @@ class ApiDeps:
     outages: OutageManagementService
     token: str | None = None
     max_body_bytes: int = 256 * 1024
+    # () -> (ready, facts): scheduler running, results reaching PostgreSQL, backlogs
+    readiness: Callable[[], tuple[bool, dict[str, Any]]] | None = None
 
 
 DEPS: web.AppKey[ApiDeps] = web.AppKey("deps", ApiDeps)

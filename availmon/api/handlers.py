@@ -112,6 +112,15 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """503 while results are not reaching PostgreSQL (they are being spooled) or checks are not
+    scheduled; the body says why and how large the backlogs are."""
+    check = request.app[DEPS].readiness
+    ready, facts = check() if check is not None else (True, {})
+    return web.json_response({"ready": ready, **facts}, status=200 if ready else 503)
+
+
 @routes.get("/api/v1/status")
 async def status(request: web.Request) -> web.Response:
     return web.json_response(request.app[DEPS].collector.summary())

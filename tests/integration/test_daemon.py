@@ -251,3 +251,35 @@ async def test_outage_of_an_endpoint_removed_from_the_config_is_closed(pg_dsn: s
         assert [w.endpoint.name for w in daemon.monitor.all()] == ["web"]
     (row,) = await db_rows(pg_dsn, "SELECT ended_at FROM outages")
     assert row["ended_at"] is not None
+
+
+async def test_readyz_reports_the_spool_while_postgres_is_away(pg_state_dir: Path, target: Target):
+    from availmon.store import EmbeddedPostgres
+
+    server = EmbeddedPostgres(pg_state_dir, durable=False)
+    dsn = await server.start()
+    try:
+        endpoints = [{"name": "web", "url": target.url, **FAST}]
+        async with build_daemon(settings_for(dsn, endpoints)) as daemon:
+            url = f"http://127.0.0.1:{daemon.api_port}/readyz"
+
+            async def readyz() -> tuple[int, Any]:
+                async with aiohttp.ClientSession() as session, session.get(url) as resp:
+                    return resp.status, await resp.json()
+
+            async def state(code: int, spooled: bool) -> bool:
+                status, body = await readyz()
+                backlog = body["writer"]["spool_backlog"]
+                return status == code and (backlog > 0) == spooled
+
+            await wait_for(lambda: state(200, False))
+            await server.stop()
+            await wait_for(lambda: state(503, True))
+            _, body = await readyz()
+            assert body["ready"] is False
+            assert "not reaching PostgreSQL" in body["problems"][0]
+            await server.start()
+            await wait_for(lambda: state(200, False))
+            assert daemon.writer.stats.dropped == 0
+    finally:
+        await server.stop()
