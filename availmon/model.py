@@ -1,7 +1,8 @@
 """Plain data shared by every layer: endpoint specs, probe results, statuses, outages.
 
 The endpoint spec models are pydantic models because the same validation must hold for the
-TOML file, the HTTP API and the in-process Python API. This module imports nothing of ours.
+TOML file, the HTTP API and the in-process Python API. This module imports nothing of ours
+but the leaf module `patterns` (the regex engine patterns are validated with).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from availmon.patterns import check_syntax
+
 
 class Status(StrEnum):
     UP = "UP"
@@ -48,6 +51,7 @@ class Reason(StrEnum):
     TLS_ERROR = "tls_error"
     UNEXPECTED_STATUS = "unexpected_status"
     PATTERN_MISMATCH = "pattern_mismatch"
+    PATTERN_TIMEOUT = "pattern_timeout"  # expected_pattern ran too long: UNKNOWN, not DOWN
     BODY_TOO_LARGE = "body_too_large"
     TOO_MANY_REDIRECTS = "too_many_redirects"
     CLOSED_WITHOUT_DATA = "closed_without_data"
@@ -148,10 +152,7 @@ class EndpointBase(BaseModel):
     @classmethod
     def _check_pattern(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
+            check_syntax(value)
         return value
 
     @field_validator("tags")

@@ -24,6 +24,7 @@ from availmon.model import (
     Status,
     StatusRow,
 )
+from availmon.patterns import PatternTimeout
 from availmon.probes import Probe, ProbeContext, build_probe
 from availmon.state import (
     OutageClosed,
@@ -221,6 +222,9 @@ class Monitor:
                 None,
                 f"no result within {timeout:g} s (probe overran its deadline)",
             )
+        except PatternTimeout as exc:
+            watched.log.warning("pattern_timeout", error=str(exc))
+            return ProbeResult(Status.UNKNOWN, Reason.PATTERN_TIMEOUT, None, str(exc))
         except Exception as exc:  # a probe bug must cost one check, never the daemon
             watched.log.exception("probe_crashed")
             return ProbeResult(Status.UNKNOWN, Reason.INTERNAL_ERROR, None, repr(exc))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 import socket
 import time
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from dns.rdtypes.IN.A import A
 from dns.rdtypes.IN.AAAA import AAAA
 
 from availmon.model import DnsEndpoint, ProbeResult, Reason
+from availmon.patterns import Pattern
 from availmon.probes.base import Probe, ProbeContext, down, elapsed_ms
 
 # Exception -> reason, most specific first. `{target}` is server:port (and its address).
@@ -124,7 +124,7 @@ class DnsProbe(Probe[DnsEndpoint]):
         self._expected_rcode = dns.rcode.from_text(spec.expected_rcode)
         self._expected = [canonical(spec.record_type, item) for item in spec.expected_answers]
         pattern = spec.expected_pattern
-        self._pattern = re.compile(pattern) if pattern is not None else None
+        self._pattern = Pattern(pattern) if pattern is not None else None
         self._flags = dns.flags.RD if spec.recursion_desired else 0
         self._question = f"{self._qname.to_text(omit_final_dot=True) or '.'} {spec.record_type}"
         family = _ip_family(self._server)

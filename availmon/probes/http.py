@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import re
 import ssl
 import time
 from datetime import datetime
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from availmon.model import HttpEndpoint, ProbeResult, Reason, Status
+from availmon.patterns import Pattern
 from availmon.probes import tls
 from availmon.probes.base import PeerAddressResponse, Probe, ProbeContext, down, elapsed_ms
 from availmon.probes.http_timing import MARKS, TimedSSLContext, phases, timeout_phase
@@ -134,7 +134,7 @@ class HttpProbe(Probe[HttpEndpoint]):
     def __init__(self, spec: HttpEndpoint, context: ProbeContext) -> None:
         super().__init__(spec, context)
         pattern = spec.expected_pattern
-        self._pattern = re.compile(pattern) if pattern is not None else None
+        self._pattern = Pattern(pattern) if pattern is not None else None
         self._headers = dict(spec.headers)
         self._body = spec.body.encode("utf-8") if spec.body is not None else None
         # aiohttp raises on the redirect that reaches its limit (and 0 means no limit there),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import re
 import socket
 import ssl
 import time
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from availmon.model import ProbeResult, Reason, Status, TcpEndpoint
+from availmon.patterns import Pattern
 from availmon.probes import tls
 from availmon.probes.base import Probe, ProbeContext, down, elapsed_ms
 
@@ -83,7 +83,7 @@ class TcpProbe(Probe[TcpEndpoint]):
         self._host = spec.host
         self._port = spec.port
         pattern = spec.expected_pattern
-        self._pattern = re.compile(pattern.encode("utf-8")) if pattern is not None else None
+        self._pattern = Pattern(pattern.encode("utf-8")) if pattern is not None else None
         self._payload = spec.send.encode("utf-8") if spec.send is not None else None
         self._limit = spec.max_read_bytes
         self._tls: ssl.SSLContext | None = None

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Final
 
 from availmon.model import ProbeResult, Reason, UdpEndpoint
+from availmon.patterns import Pattern
 from availmon.probes.base import Probe, ProbeContext, down, elapsed_ms
 
 # Exception -> reason, most specific first. TimeoutError and the others are OSErrors.
@@ -77,7 +77,7 @@ class UdpProbe(Probe[UdpEndpoint]):
         self._port = spec.port
         self._payload = spec.send.encode("utf-8")
         pattern = spec.expected_pattern
-        self._pattern = re.compile(pattern.encode("utf-8")) if pattern is not None else None
+        self._pattern = Pattern(pattern.encode("utf-8")) if pattern is not None else None
         self._address: tuple[int, str] | None = None  # an IP literal needs no resolver
         try:
             ip = ipaddress.ip_address(self._host)
