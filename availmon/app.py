@@ -17,6 +17,7 @@ from availmon.clock import Clock, SystemClock
 from availmon.config import Settings
 from availmon.errors import StorageError
 from availmon.logs import get_logger
+from availmon.looplag import LoopLagMonitor
 from availmon.model import Endpoint
 from availmon.outputs import attach_side_outputs
 from availmon.probes import ProbeContext
@@ -140,6 +141,10 @@ async def build_daemon(settings: Settings, clock: Clock | None = None) -> AsyncI
             sink=writer,
             store=repo,
         )
+        looplag = LoopLagMonitor()
+        looplag.start()
+        stack.push_async_callback(looplag.stop)
+        monitor.looplag = looplag
         await restore_state(repo, monitor, endpoints)
         scheduler = CheckScheduler(monitor.check, tick_interval=settings.scheduler.tick_interval)
         fleet = Fleet(monitor, scheduler)
@@ -199,6 +204,12 @@ def readiness(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
             "failing": stats.failing,
         },
         "checks": {"executed": daemon.scheduler.executed, "skipped": daemon.scheduler.skipped},
+        "event_loop": {
+            "overloaded": bool(daemon.monitor.looplag and daemon.monitor.looplag.overloaded),
+            "max_lag_ms_10s": daemon.monitor.looplag.max_recent_ms
+            if daemon.monitor.looplag
+            else None,
+        },
     }
     return not problems, facts
 

@@ -70,6 +70,7 @@ class Reason(StrEnum):
     NETWORK_ERROR = "network_error"
     INVALID_CONFIG = "invalid_config"
     INTERNAL_ERROR = "internal_error"
+    OVERLOADED = "overloaded"  # the daemon itself was too busy to time this check: UNKNOWN
 
 
 class Severity(StrEnum):

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from availmon.clock import Clock
 from availmon.logs import get_logger
+from availmon.looplag import LoopLagMonitor
 from availmon.model import (
     Endpoint,
     Outage,
@@ -40,6 +41,8 @@ log = get_logger("availmon.runner")
 # A probe that overruns its own per-attempt timeout by this much is cut by the runner.
 DEADLINE_GRACE_S = 1.0
 STORE_CALL_TIMEOUT_S = 10.0
+# loop stall during one attempt beyond which a timing verdict is distrusted (or timeout/4)
+OVERLOAD_STALL_S = 0.25
 
 
 class ResultSink(Protocol):
@@ -87,7 +90,41 @@ class Watched:
         return self.lock.locked()
 
 
+def distrust_if_stalled(
+    result: ProbeResult, stalled: float, timeout: float, log: Any
+) -> ProbeResult:
+    """A verdict that rests on timing (a timeout, a slow answer) is not trusted when the event
+    loop itself was stalled for a large part of the check: it becomes UNKNOWN `overloaded`,
+    never DOWN or DEGRADED. Verdicts that don't rest on timing (refused, a wrong status) stand."""
+    timing_verdict = result.reason in (Reason.TIMEOUT, Reason.SLOW)
+    if not timing_verdict or stalled < min(OVERLOAD_STALL_S, timeout / 4):
+        return result
+    log.warning(
+        "check_distrusted_overload",
+        raw_status=result.status.value,
+        raw_reason=result.reason.value,
+        stalled_ms=round(stalled * 1000, 1),
+    )
+    return ProbeResult(
+        Status.UNKNOWN,
+        Reason.OVERLOADED,
+        None,
+        f"availmon's event loop was stalled {stalled * 1000:.0f} ms during this check; "
+        f"its {result.reason.value} verdict cannot be trusted",
+        attempts=result.attempts,
+        details={
+            **result.details,
+            "raw_status": result.status.value,
+            "raw_reason": result.reason.value,
+            "loop_stalled_ms": round(stalled * 1000, 1),
+        },
+    )
+
+
 class Monitor:
+    # set by the composition root; None (tests, `availmon check`) trusts every timing
+    looplag: LoopLagMonitor | None = None
+
     def __init__(
         self,
         *,
@@ -205,8 +242,12 @@ class Monitor:
         spec = watched.endpoint.spec
         result = ProbeResult(Status.UNKNOWN, Reason.INTERNAL_ERROR, error="no attempt made")
         for attempt in range(1, spec.retries + 2):
+            stalled_before = self.looplag.stalled_total if self.looplag else 0.0
             result = await self._one_attempt(watched, spec.timeout)
             result.attempts = attempt
+            if self.looplag is not None:
+                stalled = self.looplag.stalled_total - stalled_before
+                result = distrust_if_stalled(result, stalled, spec.timeout, watched.log)
             if result.status is not Status.DOWN:
                 break
         return result
