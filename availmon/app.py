@@ -18,7 +18,10 @@ from availmon.config import Settings
 from availmon.errors import StorageError
 from availmon.logs import get_logger
 from availmon.looplag import LoopLagMonitor
+from availmon.maintenance import MaintenanceCalendar
 from availmon.model import Endpoint
+from availmon.notify.outbox import Outbox
+from availmon.notify.webhook import WebhookDeliverer
 from availmon.outputs import attach_side_outputs
 from availmon.probes import ProbeContext
 from availmon.runner import Monitor, thresholds_of
@@ -26,11 +29,13 @@ from availmon.scheduler import CheckScheduler
 from availmon.services import (
     AvailabilityService,
     Fleet,
+    MaintenanceService,
     OutageManagementService,
     ServiceAvailabilityCollector,
 )
 from availmon.state import OutageStateMachine
 from availmon.store import EmbeddedPostgres, Repository, StatusWriter, apply_migrations
+from availmon.store.rollups import UptimeRollups
 from availmon.store.spool import Spool
 
 log = get_logger("availmon.app")
@@ -48,6 +53,9 @@ class Daemon:
     collector: ServiceAvailabilityCollector
     outages: OutageManagementService
     api_port: int | None = None
+    maintenance: MaintenanceService | None = None
+    rollups: UptimeRollups | None = None
+    deliverer: WebhookDeliverer | None = None
 
 
 @asynccontextmanager
@@ -79,11 +87,12 @@ async def restore_state(repo: Repository, monitor: Monitor, endpoints: list[Endp
     """Rebuild counters and open outages, so a restart continues episodes, never duplicates."""
     active = [e for e in endpoints if e.spec.is_active]
     open_by_endpoint = {o.endpoint_id: o for o in await repo.open_outages()}
+    holds = await repo.reopen_holds()
     watched_ids = {e.id for e in active}
     names = {e.id: e.name for e in endpoints}
     for orphan in [o for o in open_by_endpoint.values() if o.endpoint_id not in watched_ids]:
         # its endpoint was removed from the config or deactivated: nobody will see it recover
-        await repo.close_outage(orphan.id, datetime.now(UTC))
+        await repo.close_outage(orphan.id, datetime.now(UTC), resolution="endpoint_inactive")
         log.info(
             "outage_closed_endpoint_inactive",
             outage_id=orphan.id,
@@ -102,7 +111,9 @@ async def restore_state(repo: Repository, monitor: Monitor, endpoints: list[Endp
         change = since.get(endpoint.id)
         # trust the recorded change only if it is about the status the latest row shows
         status_since = change[1] if change and rows and rows[0].status is change[0] else None
-        machine = OutageStateMachine.restore(thresholds_of(endpoint), outage, rows, status_since)
+        machine = OutageStateMachine.restore(
+            thresholds_of(endpoint), outage, rows, status_since, hold=endpoint.id in holds
+        )
         monitor.watch(endpoint, machine=machine, outage_id=outage.id if outage else None)
     log.info("state_restored", endpoints=len(active), open_outages=len(open_by_endpoint))
 
@@ -119,6 +130,8 @@ async def build_daemon(settings: Settings, clock: Clock | None = None) -> AsyncI
             (clock.now() - timedelta(days=1)).date(), settings.database.partition_days_ahead
         )
         endpoints = await repo.sync_config_endpoints(settings.endpoint_specs)
+        windows = await repo.sync_config_windows(settings.maintenance, endpoints)
+        calendar = MaintenanceCalendar(windows)
         db = settings.database
         spool = Spool(settings.daemon.state_dir / "spool")
         await asyncio.to_thread(spool.open)
@@ -130,8 +143,6 @@ async def build_daemon(settings: Settings, clock: Clock | None = None) -> AsyncI
             spool=spool,
             spool_after=db.spool_after,
         )
-        await writer.start()
-        stack.push_async_callback(writer.stop)
         probe_context = ProbeContext()
         stack.push_async_callback(probe_context.close)
         monitor = Monitor(
@@ -140,11 +151,16 @@ async def build_daemon(settings: Settings, clock: Clock | None = None) -> AsyncI
             max_concurrency=settings.scheduler.max_concurrency,
             sink=writer,
             store=repo,
+            maintenance=lambda endpoint, at: calendar.match(endpoint.id, endpoint.spec.tags, at),
         )
+        rollups = await _start_rollups(stack, repo, monitor, writer, endpoints)
+        await writer.start()
+        stack.push_async_callback(writer.stop)
         looplag = LoopLagMonitor()
         looplag.start()
         stack.push_async_callback(looplag.stop)
         monitor.looplag = looplag
+        deliverer = await _start_notifications(stack, settings, repo, clock, calendar, monitor)
         await restore_state(repo, monitor, endpoints)
         scheduler = CheckScheduler(monitor.check, tick_interval=settings.scheduler.tick_interval)
         fleet = Fleet(monitor, scheduler)
@@ -157,10 +173,13 @@ async def build_daemon(settings: Settings, clock: Clock | None = None) -> AsyncI
             monitor=monitor,
             scheduler=scheduler,
             fleet=fleet,
-            availability=AvailabilityService(repo, fleet),
+            availability=AvailabilityService(repo, fleet, MaintenanceService(repo, calendar)),
             collector=ServiceAvailabilityCollector(repo, monitor),
-            outages=OutageManagementService(repo),
+            outages=OutageManagementService(repo, monitor),
+            rollups=rollups,
+            deliverer=deliverer,
         )
+        daemon.maintenance = daemon.availability.maintenance
         await attach_side_outputs(stack, daemon)
         if settings.api.enabled:
             daemon.api_port = await _start_api(stack, daemon)
@@ -181,6 +200,56 @@ async def build_daemon(settings: Settings, clock: Clock | None = None) -> AsyncI
         yield daemon
 
 
+async def _start_notifications(
+    stack: AsyncExitStack,
+    settings: Settings,
+    repo: Repository,
+    clock: Clock,
+    calendar: MaintenanceCalendar,
+    monitor: Monitor,
+) -> WebhookDeliverer | None:
+    """Outage changes write their events to the outbox in their own transaction; the
+    deliverer sends them (stopped after the checks have drained, so their events go out)."""
+    notifications = settings.notifications
+    if not notifications.webhook:
+        return None
+
+    def in_maintenance(endpoint_id: int) -> bool:  # no reminders during a window
+        if endpoint_id not in monitor:
+            return False
+        tags = monitor.get(endpoint_id).endpoint.spec.tags
+        return calendar.match(endpoint_id, tags, clock.now()) is not None
+
+    outbox = Outbox(repo.pool, notifications.webhook, clock)
+    repo.events = outbox
+    deliverer = WebhookDeliverer(outbox, notifications, clock, in_maintenance)
+    await deliverer.start()
+    stack.push_async_callback(deliverer.stop)
+    return deliverer
+
+
+async def _start_rollups(
+    stack: AsyncExitStack,
+    repo: Repository,
+    monitor: Monitor,
+    writer: StatusWriter,
+    endpoints: list[Endpoint],
+) -> UptimeRollups:
+    """Hourly uptime rollups fed by committed rows; stopped after the writer's last flush."""
+    intervals = {e.id: e.spec.check_interval for e in endpoints}
+
+    def cap_of(endpoint_id: int) -> timedelta:  # a check covers at most 2 x its interval
+        if endpoint_id in monitor:
+            return timedelta(seconds=2 * monitor.get(endpoint_id).endpoint.spec.check_interval)
+        return timedelta(seconds=2 * intervals.get(endpoint_id, 60.0))
+
+    rollups = UptimeRollups(repo.pool, cap_of)
+    await rollups.start()
+    stack.push_async_callback(rollups.stop)
+    writer.add_commit_listener(rollups.on_commit)
+    return rollups
+
+
 async def _drain(scheduler: CheckScheduler, timeout: float) -> None:
     cancelled = await scheduler.stop(timeout)
     log.info("checks_stopped", cancelled_in_flight=cancelled)
@@ -189,6 +258,12 @@ async def _drain(scheduler: CheckScheduler, timeout: float) -> None:
 def readiness(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
     stats = daemon.writer.stats
     problems = []
+    # schedule lag (actual start minus planned start) over the latest LAG_SAMPLES launches
+    lags_ms = sorted(lag * 1000 for lag in daemon.scheduler.lags)
+
+    def lag_ms(q: float) -> float | None:
+        return round(lags_ms[min(len(lags_ms) - 1, int(q * len(lags_ms)))], 3) if lags_ms else None
+
     if stats.failing:
         problems.append(f"results are not reaching PostgreSQL: {stats.last_error}")
     if not daemon.scheduler.running:
@@ -204,6 +279,14 @@ def readiness(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
             "failing": stats.failing,
         },
         "checks": {"executed": daemon.scheduler.executed, "skipped": daemon.scheduler.skipped},
+        "scheduler": {
+            "executed": daemon.scheduler.executed,
+            "skipped": daemon.scheduler.skipped,
+            "lag_samples": len(lags_ms),
+            "lag_ms_p50": lag_ms(0.5),
+            "lag_ms_p99": lag_ms(0.99),
+            "lag_ms_max": round(lags_ms[-1], 3) if lags_ms else None,
+        },
         "event_loop": {
             "overloaded": bool(daemon.monitor.looplag and daemon.monitor.looplag.overloaded),
             "max_lag_ms_10s": daemon.monitor.looplag.max_recent_ms
@@ -224,6 +307,7 @@ async def _start_api(stack: AsyncExitStack, daemon: Daemon) -> int:
             outages=daemon.outages,
             token=token or None,
             max_body_bytes=api.max_body_bytes,
+            read_token_required=api.read_token_required,
             readiness=lambda: readiness(daemon),
         )
     )

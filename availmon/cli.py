@@ -1,4 +1,4 @@
-"""Command line: run, migrate, validate, check.
+"""Command line: run, migrate, validate, check, setup-elasticsearch, rebuild-redis.
 
 `availmon check` exits like a Nagios plugin: 0 UP, 1 DEGRADED, 2 DOWN, 3 UNKNOWN (bad input).
 """
@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", parents=[common], help="run the daemon")
     sub.add_parser("migrate", parents=[common], help="apply pending database migrations")
     sub.add_parser("validate", parents=[common], help="check the config file; exit 0 if valid")
+    sub.add_parser(
+        "setup-elasticsearch", parents=[common], help="apply the Elasticsearch index template"
+    )
+    sub.add_parser(
+        "rebuild-redis", parents=[common], help="rewrite the Redis status view from PostgreSQL"
+    )
     check = sub.add_parser(
         "check", parents=[common], help="check one endpoint now (no database needed)"
     )
@@ -65,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     handler = {
         "run": _cmd_run,
         "migrate": _cmd_migrate,
+        "setup-elasticsearch": _cmd_setup_elasticsearch,
+        "rebuild-redis": _cmd_rebuild_redis,
         "validate": _cmd_validate,
         "check": _cmd_check,
     }[args.command]
@@ -118,6 +126,65 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     get_logger("availmon").info("migrate_done", applied=applied or [])
     return 0
+
+
+def _cmd_setup_elasticsearch(args: argparse.Namespace) -> int:
+    from availmon.search import setup_elasticsearch
+    from availmon.search.bulk import EsUnavailable
+
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        _report_config_error(exc)
+        return EXIT_CONFIG
+    configure_logging(settings.logging.level, settings.logging.format)
+    logger = get_logger("availmon")
+    if not settings.elasticsearch.enabled:
+        logger.error("setup_elasticsearch_failed", error="[elasticsearch] hosts is not set")
+        return EXIT_CONFIG
+    try:
+        template = asyncio.run(setup_elasticsearch(settings.elasticsearch))
+    except EsUnavailable as exc:
+        logger.error("setup_elasticsearch_failed", error=str(exc))
+        return EXIT_CONFIG
+    logger.info("setup_elasticsearch_done", template=template)
+    return 0
+
+
+def _cmd_rebuild_redis(args: argparse.Namespace) -> int:
+    from redis.exceptions import RedisError
+
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        _report_config_error(exc)
+        return EXIT_CONFIG
+    configure_logging(settings.logging.level, settings.logging.format)
+    logger = get_logger("availmon")
+    if not settings.redis.enabled:
+        logger.error("rebuild_redis_failed", error="[redis] url is not set")
+        return EXIT_CONFIG
+    try:
+        result = asyncio.run(_rebuild_redis(settings))
+    except (AvailmonError, RedisError, OSError, TimeoutError) as exc:
+        logger.error("rebuild_redis_failed", error=f"{type(exc).__name__}: {exc}")
+        return EXIT_CONFIG
+    logger.info(
+        "rebuild_redis_done",
+        endpoints=result.endpoints,
+        with_status=result.with_status,
+        open_outages=result.open_outages,
+        stale_removed=result.stale_removed,
+    )
+    return 0
+
+
+async def _rebuild_redis(settings: Settings) -> Any:
+    from availmon.app import open_repository
+    from availmon.cache import rebuild_redis_view
+
+    async with open_repository(settings) as repo:
+        return await rebuild_redis_view(settings.redis, repo)
 
 
 def _adhoc_spec(args: argparse.Namespace) -> AnyEndpoint:

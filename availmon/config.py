@@ -10,11 +10,13 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from availmon.errors import ConfigError, FieldError, field_errors
+from availmon.errors import ConfigError, FieldError, field_errors, key_path
+from availmon.maintenance import MaintenanceConfig
 from availmon.model import AnyEndpoint, EndpointSpec
+from availmon.notify.config import NotificationSettings
 
 
 class Section(BaseModel):
@@ -54,6 +56,16 @@ class ApiSettings(Section):
     port: int = Field(default=8787, ge=0, le=65535)
     token: SecretStr | None = None
     max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    read_token_required: bool = Field(
+        default=False,
+        description="GETs under /api/ need the token too (/healthz and /readyz stay open)",
+    )
+
+    @model_validator(mode="after")
+    def _read_protection_needs_a_token(self) -> ApiSettings:
+        if self.read_token_required and not (self.token and self.token.get_secret_value()):
+            raise ValueError("read_token_required = true needs api.token")
+        return self
 
 
 class SchedulerSettings(Section):
@@ -68,6 +80,66 @@ class LoggingSettings(Section):
     format: Literal["logfmt", "json"] = "logfmt"
 
 
+class RedisSettings(Section):
+    """[redis]: the status view for other readers (see README, Redis); off while url is empty."""
+
+    url: SecretStr | None = Field(default=None, description="redis://[:password@]host:port/db")
+    key_prefix: str = Field(default="availmon:", min_length=1, max_length=100)
+    channel: str | None = Field(
+        default=None, min_length=1, description="Pub/sub channel; default <key_prefix>events"
+    )
+    timeout: float = Field(default=2.0, gt=0, le=60, description="Seconds per Redis round trip")
+    retry_max: float = Field(default=30.0, gt=0, le=600, description="Longest retry backoff, s")
+    event_queue_size: int = Field(default=10_000, ge=10, le=1_000_000)
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None and bool(self.url.get_secret_value().strip())
+
+    @property
+    def events_channel(self) -> str:
+        return self.channel or f"{self.key_prefix}events"
+
+
+class ElasticsearchSettings(Section):
+    """[elasticsearch]: every status row indexed (see README, Elasticsearch); off without hosts."""
+
+    hosts: list[str] = Field(default_factory=list, description="http(s)://host:port, one or more")
+    index_prefix: str = Field(default="availmon-status", pattern=r"^[a-z0-9][a-z0-9_.-]{0,99}$")
+    batch_size: int = Field(default=1000, ge=1, le=10_000, description="Documents per _bulk")
+    backlog_rate: float = Field(
+        default=5000.0, gt=0, le=1_000_000, description="Documents/s while a backlog drains"
+    )
+    memory_rows: int = Field(
+        default=100_000,
+        ge=0,
+        le=10_000_000,
+        description="Committed rows held in memory until indexed; more are read from PostgreSQL",
+    )
+    username: str | None = None
+    password: SecretStr | None = None
+    api_key: SecretStr | None = None
+    verify_certs: bool = True
+    ca_certs: Path | None = None
+    request_timeout: float = Field(default=10.0, gt=0, le=300, description="Seconds per request")
+    retry_max: float = Field(default=30.0, gt=0, le=600, description="Longest retry backoff, s")
+
+    @model_validator(mode="after")
+    def _check_access(self) -> ElasticsearchSettings:
+        for host in self.hosts:
+            if not host.startswith(("http://", "https://")):
+                raise ValueError(f"hosts: {host!r} must start with http:// or https://")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        if self.api_key is not None and self.username is not None:
+            raise ValueError("use either api_key or username/password, not both")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.hosts)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AVAILMON_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -78,7 +150,11 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     logging: LoggingSettings = LoggingSettings()
+    redis: RedisSettings = RedisSettings()
+    elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     endpoints: list[EndpointSpec] = Field(default_factory=list)
+    maintenance: list[MaintenanceConfig] = Field(default_factory=list)
+    notifications: NotificationSettings = NotificationSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -107,6 +183,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), [FieldError("", f"cannot read: {exc.strerror}")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [FieldError("", f"invalid TOML: {exc}")]) from None
+    except UnicodeDecodeError as exc:
+        message = f"invalid TOML: not UTF-8 (byte {exc.start})"
+        raise ConfigError(str(path), [FieldError("", message)]) from None
 
 
 def _env_hint(key: str) -> str:
@@ -122,6 +201,10 @@ def load_settings(path: str | Path) -> Settings:
     """Read and validate the config; raise ConfigError listing every problem with its key."""
     path = Path(path)
     data = _read_toml(path)
+    # pydantic-settings takes "_env_file", "_cli_parse_args", ... as arguments, not settings
+    reserved = sorted(k for k in data if k.startswith("_"))
+    if reserved:
+        raise ConfigError(str(path), [FieldError(key_path((k,)), "unknown key") for k in reserved])
     try:
         settings = Settings(**data)
     except ValidationError as exc:
@@ -135,6 +218,13 @@ def load_settings(path: str | Path) -> Settings:
             message = f"duplicate name {endpoint.name!r} (also endpoints[{other}])"
             problems.append(FieldError(f"endpoints[{index}].name", message))
         first_seen.setdefault(endpoint.name, index)
+    window_seen: dict[str, int] = {}
+    for index, window in enumerate(settings.maintenance):
+        if window.name in window_seen:
+            other = window_seen[window.name]
+            message = f"duplicate name {window.name!r} (also maintenance[{other}])"
+            problems.append(FieldError(f"maintenance[{index}].name", message))
+        window_seen.setdefault(window.name, index)
     if problems:
         raise ConfigError(str(path), problems)
     state_dir = settings.daemon.state_dir

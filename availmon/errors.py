@@ -12,6 +12,8 @@ Probes never raise for a failed check: failure is data (a ProbeResult with a rea
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +77,7 @@ class StorageError(AvailmonError):
 
 
 _UNION_TAGS = frozenset({"http", "tcp", "udp", "icmp", "dns"})
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # TOML's bare keys; others are shown quoted
 
 
 def key_path(loc: tuple[int | str, ...]) -> str:
@@ -90,6 +93,8 @@ def key_path(loc: tuple[int | str, ...]) -> str:
         previous_was_index = False
         if is_tag:
             continue
+        if not _BARE_KEY.fullmatch(part):  # quoted as in TOML: a key cannot break the line
+            part = json.dumps(part)
         out += f".{part}" if out else part
     return out
 

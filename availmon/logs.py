@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
@@ -49,6 +50,16 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+# The password of scheme://user:password@host wherever it shows up in a line: a DSN or an
+# Elasticsearch host quoted in an error, a list of hosts, a traceback. Greedy up to the last
+# "@" before the host, as urlsplit reads it, so a password holding "@" goes whole.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s\"]*:)[^/?#\s]*@")
+
+
+def redact_urls(line: str) -> str:
+    return _URL_PASSWORD.sub(r"\g<head>***@", line) if "@" in line else line
+
+
 def configure_logging(
     level: str = "info", fmt: str = "logfmt", stream: TextIO | None = None
 ) -> None:
@@ -72,7 +83,7 @@ def configure_logging(
 
     class _Renderer:
         def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
-            line = renderer(logger, method, event)
+            line = redact_urls(str(renderer(logger, method, event)))
             return str(_journald_prefix(journald)(logger, method, line))
 
     structlog.configure(

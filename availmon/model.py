@@ -118,10 +118,15 @@ class EndpointBase(BaseModel):
     protocol: Protocol
     url: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2048)]
     check_interval: float = Field(default=60.0, gt=0, le=86400, description="Seconds")
-    timeout: float = Field(default=10.0, gt=0, le=3600, description="Seconds, per attempt")
+    # validate_default: the default must also be under check_interval, or the stored spec
+    # (every field written out) would fail validation when it is read back
+    timeout: float = Field(
+        default=10.0, gt=0, le=3600, validate_default=True, description="Seconds, per attempt"
+    )
     retries: int = Field(default=0, ge=0, le=10)
     expected_pattern: str | None = None
-    degraded_threshold_ms: float | None = Field(default=None, gt=0)
+    # finite: jsonb cannot store inf (and it would mean no threshold)
+    degraded_threshold_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     failure_threshold: int = Field(default=3, ge=1, le=1000)
     recovery_threshold: int = Field(default=2, ge=1, le=1000)
     recheck_interval: float | None = Field(default=None, gt=0, le=86400)
@@ -508,7 +513,10 @@ def _endpoint_tag(data: Any) -> str | None:
     url = data.get("url")
     if protocol is None and isinstance(url, str):
         if "://" in url:
-            protocol = urlsplit(url).scheme.lower()
+            try:
+                protocol = urlsplit(url).scheme.lower()
+            except ValueError:  # "http://[::1": the url validators say why, as a field error
+                protocol = url.split("://", 1)[0].strip().lower()
         elif url.strip():
             protocol = "icmp"  # a bare host
     protocol = str(protocol).lower() if protocol else None

@@ -24,11 +24,31 @@ class PatternTimeout(Exception):
         )
 
 
+MAX_PATTERN_CHARS = 4096  # compiling takes ~1 ms per 50 characters, on the event loop
+# The engine expands counted repeats when it compiles: (?:a{1000}){1000} takes 270 MB and
+# (?:a{3000}){3000} 2.4 GB. The product of every {m,n} in the pattern bounds that expansion
+# (loosely: sequential repeats multiply too), so one API write cannot exhaust memory.
+MAX_REPEAT_PRODUCT = 100_000
+_COUNTED_REPEAT = regex.compile(r"\{(\d*),?(\d*)\}")
+
+
 def check_syntax(source: str) -> None:
-    """Raise ValueError with the engine's message if `source` does not compile."""
+    """Raise ValueError with the engine's message if `source` does not compile, as text and
+    as bytes (TCP and UDP probes match bytes), or would cost too much to compile."""
+    if len(source) > MAX_PATTERN_CHARS:
+        raise ValueError(f"must be at most {MAX_PATTERN_CHARS} characters")
+    product = 1
+    for low, high in _COUNTED_REPEAT.findall(source):
+        product *= max(int(low[:7] or 0), int(high[:7] or 0), 1)
+        if product > MAX_REPEAT_PRODUCT:
+            raise ValueError(
+                f"its counted repeats ({{m,n}}) multiply to more than {MAX_REPEAT_PRODUCT}, "
+                "too costly to compile"
+            )
     try:
         regex.compile(source)
-    except regex.error as exc:
+        regex.compile(source.encode("utf-8"))
+    except (regex.error, ValueError) as exc:  # ValueError: "(?u)" in a bytes pattern
         raise ValueError(f"not a valid regular expression: {exc}") from None
 
 

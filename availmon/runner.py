@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from availmon.clock import Clock
 from availmon.logs import get_logger
 from availmon.looplag import LoopLagMonitor
+from availmon.maintenance import Occurrence
 from availmon.model import (
     Endpoint,
     Outage,
@@ -28,8 +29,11 @@ from availmon.model import (
 from availmon.patterns import PatternTimeout
 from availmon.probes import Probe, ProbeContext, build_probe
 from availmon.state import (
+    RAW_STATUS_KEY,
+    HoldReleased,
     OutageClosed,
     OutageOpened,
+    OutageSeverityRaised,
     OutageStateMachine,
     StatusChanged,
     Thresholds,
@@ -62,12 +66,22 @@ class OutageStore(Protocol):
 
     async def close_outage(self, outage_id: int, ended_at: datetime) -> None: ...
 
+    async def update_outage_severity(self, outage_id: int, severity: Severity) -> None: ...
+
+    async def resolve_outage(
+        self, outage_id: int, ended_at: datetime, by: str, notes: str | None = None
+    ) -> Outage: ...
+
+    async def release_reopen_hold(self, endpoint_id: int) -> None: ...
+
     async def record_status_change(
         self, endpoint_id: int, status: Status, since: datetime
     ) -> None: ...
 
 
 CheckListener = Callable[["Watched", ProbeResult, list[Transition]], None]
+# The maintenance window occurrence an endpoint is in at a time, if any (must be cheap).
+MaintenanceLookup = Callable[[Endpoint, datetime], Occurrence | None]
 
 
 def thresholds_of(endpoint: Endpoint) -> Thresholds:
@@ -84,6 +98,8 @@ class Watched:
     outage_id: int | None = None
     last_result: ProbeResult | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # held while transitions are applied and stored, and by a manual resolve
+    transition_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def running(self) -> bool:
@@ -133,8 +149,10 @@ class Monitor:
         max_concurrency: int,
         sink: ResultSink | None = None,
         store: OutageStore | None = None,
+        maintenance: MaintenanceLookup | None = None,
     ) -> None:
         self._clock = clock
+        self._maintenance = maintenance
         self._context = probe_context
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._sink = sink
@@ -201,12 +219,36 @@ class Monitor:
         result.checked_at = checked_at
         self.checks_executed += 1
         watched.last_result = result
-        transitions = watched.machine.observe(
-            result.status, checked_at, result.reason.value, result.error
-        )
+        raw = result.status
+        window = self._maintenance(watched.endpoint, checked_at) if self._maintenance else None
+        if window is not None:  # the check ran and its raw result is kept; recorded: MAINTENANCE
+            result.status = Status.MAINTENANCE
+            result.details = {
+                **result.details,
+                RAW_STATUS_KEY: raw.value,
+                "maintenance_window_id": window.window.id,
+            }
+        async with watched.transition_lock:
+            transitions = watched.machine.observe(
+                raw, checked_at, result.reason.value, result.error, maintenance=window is not None
+            )
+            self._record(watched, result, raw, checked_at)
+            if transitions:
+                await self._apply(watched, transitions)
+        for listener in self._listeners:
+            try:
+                listener(watched, result, transitions)
+            except Exception:  # a side output must never fail a check
+                watched.log.exception("check_listener_failed", listener=repr(listener))
+        return result
+
+    def _record(
+        self, watched: Watched, result: ProbeResult, raw: Status, checked_at: datetime
+    ) -> None:
         watched.log.debug(
             "check_done",
             status=result.status.value,
+            raw_status=raw.value,
             reason=result.reason.value,
             response_time_ms=result.response_time_ms,
             attempts=result.attempts,
@@ -224,14 +266,6 @@ class Monitor:
                     details=result.details,
                 )
             )
-        if transitions:
-            await self._apply(watched, transitions)
-        for listener in self._listeners:
-            try:
-                listener(watched, result, transitions)
-            except Exception:  # a side output must never fail a check
-                watched.log.exception("check_listener_failed", listener=repr(listener))
-        return result
 
     def add_listener(self, listener: CheckListener) -> None:
         """Call `listener(watched, result, transitions)` after every check, once its
@@ -317,3 +351,44 @@ class Monitor:
                 async with asyncio.timeout(STORE_CALL_TIMEOUT_S):
                     await store.close_outage(watched.outage_id, transition.ended_at)
             watched.outage_id = None
+        else:
+            await self._apply_outage_update(watched, transition)
+
+    async def _apply_outage_update(self, watched: Watched, transition: Transition) -> None:
+        """Severity raised in place; the hold after a manual resolve released."""
+        store = self._store
+        if isinstance(transition, OutageSeverityRaised):
+            watched.log.warning(
+                "outage_severity_raised",
+                outage_id=watched.outage_id,
+                previous=transition.previous.value,
+                severity=transition.severity.value,
+                reason=transition.reason,
+            )
+            if store is not None and watched.outage_id is not None:
+                async with asyncio.timeout(STORE_CALL_TIMEOUT_S):
+                    await store.update_outage_severity(watched.outage_id, transition.severity)
+        elif isinstance(transition, HoldReleased):
+            watched.log.info("outage_hold_released")
+            if store is not None:
+                async with asyncio.timeout(STORE_CALL_TIMEOUT_S):
+                    await store.release_reopen_hold(watched.endpoint.id)
+
+    async def resolve_outage(
+        self, endpoint_id: int, outage_id: int, by: str, notes: str | None = None
+    ) -> Outage | None:
+        """An operator resolves the endpoint's open outage now: stored first, then the state
+        machine holds reopening until the endpoint recovers. None when `outage_id` is not the
+        outage this monitor has open for the endpoint (the caller then goes to the store)."""
+        watched = self._watched.get(endpoint_id)
+        if watched is None or self._store is None:
+            return None
+        async with watched.transition_lock:
+            if watched.outage_id != outage_id or not watched.machine.state.outage_open:
+                return None
+            at = self._clock.now()
+            outage = await self._store.resolve_outage(outage_id, at, by, notes)
+            watched.machine.resolve(at)
+            watched.outage_id = None
+        watched.log.info("outage_resolved_manually", outage_id=outage_id, resolved_by=by)
+        return outage

@@ -11,18 +11,25 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from availmon.errors import Conflict, FieldError, NotFound, ValidationFailed, field_errors
+from availmon.maintenance import (
+    MaintenanceCalendar,
+    MaintenanceStatus,
+    MaintenanceWindow,
+    WindowInput,
+    window_input,
+)
 from availmon.model import (
     ENDPOINT_ADAPTER,
     AnyEndpoint,
     Endpoint,
     EndpointSource,
-    Outage,
     ProbeResult,
     Severity,
     Status,
@@ -31,6 +38,9 @@ from availmon.model import (
 from availmon.runner import Monitor
 from availmon.scheduler import CheckScheduler
 from availmon.store import Repository
+from availmon.store.outages import OutageRecord
+from availmon.store.rollups import UptimeReader
+from availmon.uptime import UptimeReport, uptime_range
 
 MAX_PAGE = 1000
 
@@ -71,9 +81,12 @@ class Fleet:
 
 
 class AvailabilityService:
-    def __init__(self, repo: Repository, fleet: Fleet) -> None:
+    def __init__(
+        self, repo: Repository, fleet: Fleet, maintenance: MaintenanceService | None = None
+    ) -> None:
         self._repo = repo
         self._fleet = fleet
+        self.maintenance = maintenance or MaintenanceService(repo, MaintenanceCalendar())
 
     async def create_endpoint(self, data: dict[str, Any] | BaseModel) -> Endpoint:
         spec = validate_endpoint(data)
@@ -119,7 +132,9 @@ class AvailabilityService:
         if endpoint_id in self._fleet.monitor:
             outage_id = self._fleet.monitor.get(endpoint_id).outage_id
             if outage_id is not None:
-                await self._repo.close_outage(outage_id, datetime.now(UTC))
+                await self._repo.close_outage(
+                    outage_id, datetime.now(UTC), resolution="endpoint_inactive"
+                )
         self._fleet.remove(endpoint_id)
 
     async def check_service(self, endpoint_id: int) -> ProbeResult:
@@ -146,6 +161,27 @@ class AvailabilityService:
             )
         return await self._repo.list_statuses(endpoint_id, since, until, limit, before)
 
+    async def is_in_maintenance(
+        self, endpoint_id: int, at: datetime | None = None
+    ) -> MaintenanceStatus:
+        """Whether the endpoint is in a maintenance window at `at` (default now), and which."""
+        endpoint = await self._repo.get_endpoint(endpoint_id)
+        return self.maintenance.status(endpoint, at or datetime.now(UTC))
+
+    async def uptime(
+        self,
+        endpoint_id: int,
+        window: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> UptimeReport:
+        """Time-based uptime over `window` (24h, 7d, 30d, 90d; default 24h) ending now, or
+        over [start, end) (end default now); end is never later than now."""
+        endpoint = await self._repo.get_endpoint(endpoint_id)
+        start, end = uptime_range(window, start, end, datetime.now(UTC))
+        cap = timedelta(seconds=2 * endpoint.spec.check_interval)
+        return await UptimeReader(self._repo).uptime(endpoint_id, start, end, cap)
+
     @staticmethod
     def _refuse_config_owned(endpoint: Endpoint) -> None:
         if endpoint.source is EndpointSource.CONFIG:
@@ -159,6 +195,8 @@ class ServiceAvailabilityCollector:
     def __init__(self, repo: Repository | None, monitor: Monitor) -> None:
         self._repo = repo
         self._monitor = monitor
+        # side outputs (Redis, Elasticsearch) add a section each to summary(); never blocking
+        self.extra_status: dict[str, Callable[[], dict[str, Any]]] = {}
 
     async def collect_all_services(self) -> list[tuple[Endpoint, ProbeResult]]:
         """Check every active endpoint now, concurrently (under the global limit)."""
@@ -205,12 +243,59 @@ class ServiceAvailabilityCollector:
                     ),
                 }
             )
-        return {"counts": self.status_counts(), "total": len(endpoints), "endpoints": endpoints}
+        summary = {"counts": self.status_counts(), "total": len(endpoints), "endpoints": endpoints}
+        return summary | {name: section() for name, section in self.extra_status.items()}
+
+
+class OutagePatch(BaseModel):
+    """PATCH /api/v1/outages/{id}: acknowledge, resolve, or set notes (server sets times)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    acknowledged_by: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    resolved_by: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    notes: Annotated[str, Field(max_length=10_000)] | None = None
 
 
 class OutageManagementService:
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, monitor: Monitor | None = None) -> None:
         self._repo = repo
+        self._monitor = monitor
+
+    async def acknowledge(self, outage_id: int, by: str) -> OutageRecord:
+        """Record who acknowledged the open outage (now); Conflict when ended or already."""
+        return await self._repo.acknowledge_outage(outage_id, by, datetime.now(UTC))
+
+    async def resolve(self, outage_id: int, by: str, notes: str | None = None) -> OutageRecord:
+        """End the open outage now. While the endpoint keeps failing no new outage opens;
+        it must recover (recovery_threshold UP checks) and fail again."""
+        outage = await self._repo.get_outage(outage_id)
+        if self._monitor is not None:
+            done = await self._monitor.resolve_outage(outage.endpoint_id, outage_id, by, notes)
+            if done is not None:
+                return await self._repo.get_outage(outage_id)
+        return await self._repo.resolve_outage(outage_id, datetime.now(UTC), by, notes)
+
+    async def update_outage(self, outage_id: int, data: dict[str, Any]) -> OutageRecord:
+        """Apply a PATCH body: acknowledged_by, then resolved_by (+ notes), or notes alone."""
+        try:
+            patch = OutagePatch.model_validate(data)
+        except ValidationError as exc:
+            raise ValidationFailed("invalid outage update", field_errors(exc)) from None
+        given = patch.model_fields_set
+        if not given:
+            raise ValidationFailed(
+                "invalid outage update",
+                [FieldError("", "give acknowledged_by, resolved_by or notes")],
+            )
+        outage = await self._repo.get_outage(outage_id)
+        if patch.acknowledged_by is not None:
+            outage = await self.acknowledge(outage_id, patch.acknowledged_by)
+        if patch.resolved_by is not None:
+            return await self.resolve(outage_id, patch.resolved_by, patch.notes)
+        if "notes" in given:
+            outage = await self._repo.set_outage_notes(outage_id, patch.notes)
+        return outage
 
     async def list_outages(
         self,
@@ -219,7 +304,7 @@ class OutageManagementService:
         severity: Severity | str | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> list[Outage]:
+    ) -> list[OutageRecord]:
         problems = []
         if severity is not None:
             try:
@@ -237,11 +322,75 @@ class OutageManagementService:
         sev = severity.value if isinstance(severity, Severity) else None
         return await self._repo.list_outages(active, endpoint_id, sev, limit, offset)
 
-    async def get_outage(self, outage_id: int) -> Outage:
+    async def get_outage(self, outage_id: int) -> OutageRecord:
         return await self._repo.get_outage(outage_id)
 
-    async def open_outages(self) -> list[Outage]:
+    async def open_outages(self) -> list[OutageRecord]:
         return await self._repo.open_outages()
+
+
+class MaintenanceService:
+    """Maintenance windows: stored in PostgreSQL, evaluated from the in-memory calendar."""
+
+    def __init__(self, repo: Repository, calendar: MaintenanceCalendar) -> None:
+        self._repo = repo
+        self.calendar = calendar
+
+    def status(self, endpoint: Endpoint, at: datetime) -> MaintenanceStatus:
+        tags = endpoint.spec.tags
+        current = self.calendar.match(endpoint.id, tags, at)
+        upcoming = self.calendar.next_occurrence(endpoint.id, tags, at)
+        return MaintenanceStatus(endpoint.id, at, current, upcoming)
+
+    async def list_windows(self) -> list[MaintenanceWindow]:
+        return await self._repo.list_windows()
+
+    async def get_window(self, window_id: int) -> MaintenanceWindow:
+        return await self._repo.get_window(window_id)
+
+    async def create_window(self, data: dict[str, Any] | BaseModel) -> MaintenanceWindow:
+        window = await self._repo.create_window(_window_spec(data))
+        self.calendar.put(window)
+        return window
+
+    async def update_window(self, window_id: int, data: dict[str, Any]) -> MaintenanceWindow:
+        """Partial update: given fields replace the stored ones (a new target replaces the old
+        one), then the whole window is validated again."""
+        current = await self._repo.get_window(window_id)
+        _refuse_config_window(current)
+        merged = window_input(current)
+        if "applies_to_all" in data:
+            data = {**data, "all": data["applies_to_all"]}
+            del data["applies_to_all"]
+        if {"endpoint_id", "tags", "all"} & data.keys():
+            merged.update(endpoint_id=None, tags=[], all=False)
+        window = await self._repo.update_window(window_id, _window_spec({**merged, **data}))
+        self.calendar.put(window)
+        return window
+
+    async def delete_window(self, window_id: int) -> None:
+        _refuse_config_window(await self._repo.get_window(window_id))
+        await self._repo.delete_window(window_id)
+        self.calendar.remove(window_id)
+
+
+def _window_spec(data: dict[str, Any] | BaseModel) -> WindowInput:
+    if isinstance(data, WindowInput):
+        return data
+    if isinstance(data, BaseModel):
+        data = data.model_dump()
+    try:
+        return WindowInput.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed("invalid maintenance window", field_errors(exc)) from None
+
+
+def _refuse_config_window(window: MaintenanceWindow) -> None:
+    if window.source == "config":
+        raise Conflict(
+            f"maintenance window {window.name!r} is defined in the config file; edit the file "
+            "(and restart availmon) to change it"
+        )
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -251,6 +400,7 @@ def _iso(value: datetime | None) -> str | None:
 __all__ = [
     "AvailabilityService",
     "Fleet",
+    "MaintenanceService",
     "NotFound",
     "OutageManagementService",
     "ServiceAvailabilityCollector",

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from availmon.errors import Conflict, NotFound, StorageError, ValidationFailed
+from availmon.errors import (
+    Conflict,
+    FieldError,
+    NotFound,
+    StorageError,
+    ValidationFailed,
+    key_path,
+)
 from availmon.logs import get_logger
 from availmon.services import (
     AvailabilityService,
@@ -31,6 +39,8 @@ class ApiDeps:
     outages: OutageManagementService
     token: str | None = None
     max_body_bytes: int = 256 * 1024
+    # with a token: GETs under /api/ need it too (/healthz and /readyz stay open)
+    read_token_required: bool = False
     # () -> (ready, facts): scheduler running, results reaching PostgreSQL, backlogs
     readiness: Callable[[], tuple[bool, dict[str, Any]]] | None = None
 
@@ -64,7 +74,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_")
-        return error_response(exc.status, code, exc.text or exc.reason)
+        response = error_response(exc.status, code, exc.text or exc.reason)
+        if "Allow" in exc.headers:  # a 405 must say which methods the resource has
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("api_handler_crashed", path=request.path, method=request.method)
         return error_response(500, "internal_error", "internal error; see the daemon log")
@@ -72,12 +85,17 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = request.app[DEPS].token
-    if token and request.method in WRITE_METHODS:
+    deps = request.app[DEPS]
+    token = deps.token
+    protected = request.method in WRITE_METHODS or (
+        deps.read_token_required and request.path.startswith("/api/")
+    )
+    if token and protected:
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
+        # surrogateescape: aiohttp decodes header bytes that are not UTF-8 that way
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.encode()
+            given.strip().encode("utf-8", "surrogateescape"), token.encode()
         ):
             response = error_response(
                 401, "unauthorized", "this request needs 'Authorization: Bearer <api.token>'"
@@ -87,14 +105,47 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400; json would make it inf, jsonb cannot hold it
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _nul_fields(data: Any) -> list[FieldError]:
+    """Strings (values or keys) holding U+0000, which PostgreSQL cannot store in text/jsonb."""
+    found: list[FieldError] = []
+    stack: list[tuple[tuple[int | str, ...], Any]] = [((), data)]
+    while stack:  # no recursion: json.loads accepts nesting nearly as deep as the stack
+        loc, value = stack.pop()
+        if isinstance(value, str) and "\x00" in value:
+            found.append(FieldError(key_path(loc), "must not contain the NUL character (U+0000)"))
+        elif isinstance(value, list):
+            stack.extend(((*loc, i), item) for i, item in enumerate(value))
+        elif isinstance(value, dict):
+            stack.extend(((*loc, k), item) for k, item in value.items())
+            stack.extend(((*loc, k), k) for k in value if "\x00" in k)
+    return sorted(set(found), key=lambda f: f.field)
+
+
 async def read_json(request: web.Request) -> Any:
     if request.content_length is None and not request.can_read_body:
         raise ValidationFailed("request body must be a JSON object", [])
     raw = await request.read()
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError) as exc:  # also NaN, 1e400, ints over 4300 digits
         raise ValidationFailed(f"request body is not valid JSON: {exc}", []) from None
+    except RecursionError:
+        raise ValidationFailed("request body is nested too deeply", []) from None
+    problems = _nul_fields(data)
+    if problems:
+        raise ValidationFailed("invalid request body", problems)
+    return data
 
 
 def create_app(deps: ApiDeps) -> web.Application:

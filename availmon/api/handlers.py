@@ -41,12 +41,10 @@ def result_json(endpoint: Endpoint, result: ProbeResult) -> dict[str, Any]:
 
 def _path_id(request: web.Request, key: str = "id") -> int:
     raw = request.match_info[key]
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationFailed(
-            "invalid path", [FieldError(key, f"{raw!r} is not an integer id")]
-        ) from None
+    # ASCII digits only: int() also takes " 7", "+7", "7_0" and Arabic-Indic digits
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
+        raise ValidationFailed("invalid path", [FieldError(key, f"{raw!r} is not an integer id")])
+    value = int(raw)
     if value < 1 or value > 2**63 - 1:
         raise ValidationFailed("invalid path", [FieldError(key, "out of range")])
     return value
@@ -204,7 +202,9 @@ async def list_outages(request: web.Request) -> web.Response:
     endpoint_raw = query.str("endpoint") or query.str("endpoint_id")
     endpoint_id: int | None = None
     if endpoint_raw is not None:
-        if endpoint_raw.isdigit():
+        # isdigit alone lets "²" (int() fails) and 0 or 2**63 (bigint fails) through
+        digits = endpoint_raw.isascii() and endpoint_raw.isdigit() and len(endpoint_raw) < 20
+        if digits and 0 < int(endpoint_raw) < 2**63:
             endpoint_id = int(endpoint_raw)
         else:
             query.problems.append(FieldError("endpoint", f"{endpoint_raw!r} is not an id"))
@@ -228,4 +228,7 @@ async def get_outage(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.add_routes(routes)
+    from availmon.api import maintenance, openapi, outages  # route modules of their own
+
+    app.add_routes([*routes, *outages.routes, *maintenance.routes])
+    app.router.add_get(openapi.OPENAPI_PATH, openapi.serve)  # describes the routes above

@@ -48,9 +48,17 @@ async def init_connection(conn: Any) -> None:
 
 
 def redact_dsn(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
+    """The DSN without its password, for messages (also a DSN that does not parse)."""
+    try:
+        parts = urlsplit(dsn)
+        password = parts.password
+    except ValueError:  # "postgresql://u:p@[::1/db": cut what lies between "user:" and "@"
+        scheme, sep, rest = dsn.partition("://")
+        userinfo, at, host = rest.rpartition("@")
+        if not at or ":" not in userinfo:
+            return dsn
+        return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
+    if password is None:
         return dsn
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))

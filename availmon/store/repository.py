@@ -1,4 +1,5 @@
-"""PostgreSQL repository: endpoints, status history and outages over one asyncpg pool.
+"""PostgreSQL repository: endpoints, status history (store/statuses.py), outages
+(store/outages.py) and maintenance windows (store/maintenance.py) over one asyncpg pool.
 
 All SQL takes its values as parameters; the only text put into SQL is fixed column lists and
 partition names built from `date` objects. Database failures surface as StorageError (the
@@ -8,7 +9,6 @@ asyncpg exception is its __cause__); Conflict and NotFound are raised for the ca
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -21,9 +21,9 @@ from availmon.model import (
     AnyEndpoint,
     Endpoint,
     EndpointSource,
-    Outage,
-    Severity,
 )
+from availmon.store.maintenance import MaintenanceStore
+from availmon.store.outages import OutageHistory
 from availmon.store.pg import init_connection, redact_dsn, storage_errors
 from availmon.store.statuses import StatusHistory
 
@@ -31,7 +31,6 @@ log = structlog.get_logger("availmon.store")
 
 SYNC_LOCK_KEY = 0x61766D6E_73796E63  # "avmnsync": one config sync at a time
 _ENDPOINT_SELECT = "id, spec, source"
-_OUTAGE_SELECT = "id, endpoint_id, severity, started_at, opened_at, ended_at, reason, error"
 _INSERT_ENDPOINT = (
     "INSERT INTO endpoints (name, protocol, url, spec, is_active, severity, tags, source) "
     f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_ENDPOINT_SELECT}"
@@ -65,15 +64,11 @@ def _endpoint_values(spec: AnyEndpoint) -> tuple[Any, ...]:
     )
 
 
-def _outage(row: Any) -> Outage:
-    return Outage(**{**dict(row), "severity": Severity(row["severity"])})
-
-
 def _name_taken(name: str) -> Conflict:
     return Conflict(f"name: an endpoint named {name!r} already exists")
 
 
-class Repository(StatusHistory):
+class Repository(StatusHistory, OutageHistory, MaintenanceStore):
     """Everything the daemon stores, over one asyncpg pool (see `connect`)."""
 
     def __init__(self, pool: Any) -> None:
@@ -91,7 +86,8 @@ class Repository(StatusHistory):
                 init=init_connection,
                 server_settings={"application_name": application_name},
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+            # ValueError: a DSN asyncpg cannot parse ("host:notaport")
             raise StorageError(f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc}") from exc
         return cls(pool)
 
@@ -230,106 +226,3 @@ class Repository(StatusHistory):
         )
         if result == "UPDATE 0":
             raise NotFound(f"endpoint {endpoint_id} does not exist")
-
-    # -- outages ------------------------------------------------------------------------------
-
-    @storage_errors
-    async def open_outage(
-        self,
-        endpoint_id: int,
-        severity: Severity,
-        started_at: datetime,
-        opened_at: datetime,
-        reason: str | None = None,
-        error: str | None = None,
-    ) -> Outage:
-        """Open an outage, or return the one already open for the endpoint."""
-        async with self._pool.acquire() as conn:
-            # The open outage found by the conflict may close before the SELECT sees it;
-            # then the INSERT succeeds on the next round.
-            for _ in range(5):
-                try:
-                    row = await conn.fetchrow(
-                        "INSERT INTO outages (endpoint_id, severity, started_at, opened_at, "
-                        "reason, error) VALUES ($1, $2, $3, $4, $5, $6) "
-                        "ON CONFLICT (endpoint_id) WHERE ended_at IS NULL DO NOTHING "
-                        f"RETURNING {_OUTAGE_SELECT}",
-                        endpoint_id, Severity(severity).value, started_at, opened_at, reason, error,
-                    )  # fmt: skip
-                except asyncpg.ForeignKeyViolationError:
-                    raise NotFound(f"endpoint {endpoint_id} does not exist") from None
-                if row is None:
-                    row = await conn.fetchrow(
-                        f"SELECT {_OUTAGE_SELECT} FROM outages "
-                        "WHERE endpoint_id = $1 AND ended_at IS NULL",
-                        endpoint_id,
-                    )
-                if row is not None:
-                    return _outage(row)
-        raise StorageError(f"could not open an outage for endpoint {endpoint_id}")
-
-    @storage_errors
-    async def close_outage(self, outage_id: int, ended_at: datetime) -> None:
-        """End an open outage; closing one that is already closed changes nothing."""
-        result = await self._pool.execute(
-            "UPDATE outages SET ended_at = $2, updated_at = now() "
-            "WHERE id = $1 AND ended_at IS NULL",
-            outage_id,
-            ended_at,
-        )
-        if result == "UPDATE 0":
-            await self.get_outage(outage_id)  # NotFound when it does not exist at all
-
-    @storage_errors
-    async def update_outage_severity(self, outage_id: int, severity: Severity) -> None:
-        result = await self._pool.execute(
-            "UPDATE outages SET severity = $2, updated_at = now() WHERE id = $1",
-            outage_id,
-            Severity(severity).value,
-        )
-        if result == "UPDATE 0":
-            raise NotFound(f"outage {outage_id} does not exist")
-
-    @storage_errors
-    async def get_outage(self, outage_id: int) -> Outage:
-        row = await self._pool.fetchrow(
-            f"SELECT {_OUTAGE_SELECT} FROM outages WHERE id = $1", outage_id
-        )
-        if row is None:
-            raise NotFound(f"outage {outage_id} does not exist")
-        return _outage(row)
-
-    @storage_errors
-    async def list_outages(
-        self,
-        active: bool | None = None,
-        endpoint_id: int | None = None,
-        severity: Severity | str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[Outage]:
-        """Newest first. `active` True: open only; False: ended only; None: both."""
-        args: list[Any] = []
-        where = ["true"]
-        if active is not None:
-            where.append("ended_at IS NULL" if active else "ended_at IS NOT NULL")
-        if endpoint_id is not None:
-            args.append(endpoint_id)
-            where.append(f"endpoint_id = ${len(args)}")
-        if severity is not None:
-            args.append(str(severity))
-            where.append(f"severity = ${len(args)}")
-        args += [limit, offset]
-        rows = await self._pool.fetch(
-            f"SELECT {_OUTAGE_SELECT} FROM outages WHERE {' AND '.join(where)} "
-            f"ORDER BY started_at DESC, id DESC LIMIT ${len(args) - 1} OFFSET ${len(args)}",
-            *args,
-        )
-        return [_outage(row) for row in rows]
-
-    @storage_errors
-    async def open_outages(self) -> list[Outage]:
-        rows = await self._pool.fetch(
-            f"SELECT {_OUTAGE_SELECT} FROM outages WHERE ended_at IS NULL ORDER BY started_at, id"
-        )
-        return [_outage(row) for row in rows]

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[2]
 
 
+@pytest.mark.timeout(600)  # builds a venv and installs every dependency into it
 def test_make_install_into_destdir(tmp_path: Path):
     dest = tmp_path / "root"
     proc = subprocess.run(

@@ -256,7 +256,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 def example_endpoints(protocol: str) -> list[AnyEndpoint]:
     """The commented "Real-world examples" of config.example.toml for one protocol, validated."""
     text = (Path(__file__).parents[2] / "config.example.toml").read_text()
-    block = text[text.index("# Real-world examples") :].splitlines()[1:]
+    block = text[text.index("# Real-world examples") :].split("\n\n")[0].splitlines()[1:]
     parsed = tomllib.loads("\n".join(line.removeprefix("#").removeprefix(" ") for line in block))
     specs = [ENDPOINT_ADAPTER.validate_python(entry) for entry in parsed["endpoints"]]
     return [spec for spec in specs if spec.protocol.value == protocol]
