@@ -159,6 +159,7 @@ class Monitor:
         self._store = store
         self._watched: dict[int, Watched] = {}
         self._listeners: list[CheckListener] = []
+        self.generation = 0
         self.checks_executed = 0
         self.in_flight = 0
 
@@ -183,6 +184,7 @@ class Monitor:
         """Start watching an endpoint, or swap in a changed spec keeping its state."""
         existing = self._watched.get(endpoint.id)
         probe = build_probe(endpoint.spec, self._context)
+        self.generation += 1  # the set or the specs changed (views keyed on it rebuild)
         if existing is not None and machine is None:
             existing.endpoint = endpoint
             existing.probe = probe
@@ -201,6 +203,7 @@ class Monitor:
 
     def unwatch(self, endpoint_id: int) -> None:
         self._watched.pop(endpoint_id, None)
+        self.generation += 1
 
     async def check(self, endpoint_id: int) -> ProbeResult:
         """One full check now: wait for any in-flight check of the same endpoint first."""

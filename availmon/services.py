@@ -10,6 +10,7 @@ Validation errors are `ValidationFailed` with the same field errors the HTTP API
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -35,8 +36,9 @@ from availmon.model import (
     Status,
     StatusRow,
 )
-from availmon.runner import Monitor
+from availmon.runner import Monitor, Watched
 from availmon.scheduler import CheckScheduler
+from availmon.status_view import StatusView, endpoint_status
 from availmon.store import Repository
 from availmon.store.outages import OutageRecord
 from availmon.store.rollups import UptimeReader
@@ -197,6 +199,7 @@ class ServiceAvailabilityCollector:
         self._monitor = monitor
         # side outputs (Redis, Elasticsearch) add a section each to summary(); never blocking
         self.extra_status: dict[str, Callable[[], dict[str, Any]]] = {}
+        self._view = StatusView()
 
     async def collect_all_services(self) -> list[tuple[Endpoint, ProbeResult]]:
         """Check every active endpoint now, concurrently (under the global limit)."""
@@ -212,39 +215,24 @@ class ServiceAvailabilityCollector:
 
     def summary(self) -> dict[str, Any]:
         """Counts per status, then every watched endpoint's current state."""
-        endpoints = []
-        for w in sorted(self._monitor.all(), key=lambda w: w.endpoint.name):
-            state = w.machine.state
-            last = w.last_result
-            endpoints.append(
-                {
-                    "id": w.endpoint.id,
-                    "name": w.endpoint.name,
-                    "protocol": w.endpoint.spec.protocol.value,
-                    "url": w.endpoint.spec.url,
-                    "severity": w.endpoint.spec.severity.value,
-                    "tags": list(w.endpoint.spec.tags),
-                    "status": state.status.value if state.status else None,
-                    "since": _iso(state.status_since),
-                    "last_check_at": _iso(state.last_check_at),
-                    "response_time_ms": last.response_time_ms if last else None,
-                    "reason": last.reason.value if last else None,
-                    "error": last.error if last else None,
-                    "open_outage": (
-                        {
-                            "id": w.outage_id,
-                            "severity": state.outage_severity.value
-                            if state.outage_severity
-                            else None,
-                            "started_at": _iso(state.outage_started_at),
-                        }
-                        if state.outage_open
-                        else None
-                    ),
-                }
-            )
+        endpoints = [endpoint_status(w) for w in sorted(self._monitor.all(), key=_by_name)]
         summary = {"counts": self.status_counts(), "total": len(endpoints), "endpoints": endpoints}
         return summary | {name: section() for name, section in self.extra_status.items()}
+
+    def summary_json(self) -> bytes:
+        """summary() encoded, from per-endpoint fragments that are rebuilt only on change."""
+        watched = self._monitor.all()
+        head = {"counts": self.status_counts(), "total": len(watched)}
+        extra = {name: section() for name, section in self.extra_status.items()}
+        body = json.dumps(head, separators=(",", ":")).encode()[:-1]
+        body += b',"endpoints":' + self._view.endpoints_json(watched, self._monitor.generation)
+        if extra:
+            body += b"," + json.dumps(extra, separators=(",", ":")).encode()[1:-1]
+        return body + b"}"
+
+
+def _by_name(w: Watched) -> str:
+    return w.endpoint.name
 
 
 class OutagePatch(BaseModel):
@@ -391,10 +379,6 @@ def _refuse_config_window(window: MaintenanceWindow) -> None:
             f"maintenance window {window.name!r} is defined in the config file; edit the file "
             "(and restart availmon) to change it"
         )
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
 
 
 __all__ = [

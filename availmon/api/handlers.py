@@ -121,7 +121,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/status")
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[DEPS].collector.summary())
+    body = request.app[DEPS].collector.summary_json()
+    return web.Response(body=body, content_type="application/json")
 
 
 @routes.get("/api/v1/endpoints")

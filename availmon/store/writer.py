@@ -27,10 +27,11 @@ from availmon.store.spool import Spool
 log = structlog.get_logger("availmon.writer")
 
 CommitListener = Callable[[Sequence[StatusRow]], None]
-DROP_LOG_INTERVAL = 10.0
+DROP_LOG_INTERVAL = 10.0  # seconds between two "queue full" warnings
 # A write that hangs (a network cut, not a refusal) is abandoned after this and retried, so
-# spooling never waits behind it for longer.
-WRITE_TIMEOUT = 5.0  # seconds between two "queue full" warnings
+# spooling never waits behind it for longer; generous, since an overloaded event loop makes a
+# healthy database look slow.
+WRITE_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
