@@ -47,6 +47,7 @@ DEADLINE_GRACE_S = 1.0
 STORE_CALL_TIMEOUT_S = 10.0
 # loop stall during one attempt beyond which a timing verdict is distrusted (or timeout/4)
 OVERLOAD_STALL_S = 0.25
+MAX_PENDING_TRANSITIONS = 100
 
 
 class ResultSink(Protocol):
@@ -100,10 +101,22 @@ class Watched:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # held while transitions are applied and stored, and by a manual resolve
     transition_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # transitions not yet stored (PostgreSQL away), retried in order before new ones
+    pending: list[Transition] = field(default_factory=list)
 
     @property
     def running(self) -> bool:
         return self.lock.locked()
+
+
+class _Quiet:
+    """A logger that drops everything (for transitions being stored on a retry)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+_QUIET = _Quiet()
 
 
 def distrust_if_stalled(
@@ -236,7 +249,7 @@ class Monitor:
                 raw, checked_at, result.reason.value, result.error, maintenance=window is not None
             )
             self._record(watched, result, raw, checked_at)
-            if transitions:
+            if transitions or watched.pending:
                 await self._apply(watched, transitions)
         for listener in self._listeners:
             try:
@@ -308,20 +321,39 @@ class Monitor:
             return ProbeResult(Status.UNKNOWN, Reason.INTERNAL_ERROR, None, repr(exc))
 
     async def _apply(self, watched: Watched, transitions: list[Transition]) -> None:
+        """Store transitions in order. One that cannot be stored (PostgreSQL away) is kept,
+        with everything after it, and retried before the next check's transitions, so the
+        outage rows catch up with the in-memory state instead of losing an opening."""
         endpoint_id = watched.endpoint.id
-        for transition in transitions:
+        queue = watched.pending + transitions
+        watched.pending = []
+        for index, transition in enumerate(queue):
             try:
-                await self._apply_one(watched, endpoint_id, transition)
+                retry = index < len(queue) - len(transitions)
+                await self._apply_one(watched, endpoint_id, transition, retry)
             except Exception as exc:
+                watched.pending = queue[index:][-MAX_PENDING_TRANSITIONS:]
+                if index == 0 and len(queue) > len(transitions):
+                    return  # still failing: logged when the episode began
                 watched.log.error(
-                    "transition_not_stored", transition=type(transition).__name__, error=repr(exc)
+                    "transition_not_stored",
+                    transition=type(transition).__name__,
+                    error=repr(exc),
+                    pending=len(watched.pending),
                 )
+                return
+        if len(queue) > len(transitions):
+            watched.log.info("transitions_caught_up", stored=len(queue) - len(transitions))
 
-    async def _apply_one(self, watched: Watched, endpoint_id: int, transition: Transition) -> None:
+    async def _apply_one(
+        self, watched: Watched, endpoint_id: int, transition: Transition, retry: bool = False
+    ) -> None:
+        # a retried transition was logged when it happened: store it without a second line
+        logger = _QUIET if retry else watched.log
         store = self._store
         if isinstance(transition, StatusChanged):
             level = "warning" if transition.current is Status.DOWN else "info"
-            getattr(watched.log, level)(
+            getattr(logger, level)(
                 "status_changed",
                 previous=transition.previous.value if transition.previous else None,
                 status=transition.current.value,
@@ -330,7 +362,7 @@ class Monitor:
                 async with asyncio.timeout(STORE_CALL_TIMEOUT_S):
                     await store.record_status_change(endpoint_id, transition.current, transition.at)
         elif isinstance(transition, OutageOpened):
-            watched.log.warning(
+            logger.warning(
                 "outage_opened",
                 severity=transition.severity.value,
                 started_at=transition.started_at.isoformat(),
@@ -349,19 +381,21 @@ class Monitor:
                 watched.outage_id = outage.id
         elif isinstance(transition, OutageClosed):
             duration = (transition.ended_at - transition.started_at).total_seconds()
-            watched.log.info("outage_closed", outage_id=watched.outage_id, duration_s=duration)
+            logger.info("outage_closed", outage_id=watched.outage_id, duration_s=duration)
             if store is not None and watched.outage_id is not None:
                 async with asyncio.timeout(STORE_CALL_TIMEOUT_S):
                     await store.close_outage(watched.outage_id, transition.ended_at)
             watched.outage_id = None
         else:
-            await self._apply_outage_update(watched, transition)
+            await self._apply_outage_update(watched, transition, logger)
 
-    async def _apply_outage_update(self, watched: Watched, transition: Transition) -> None:
+    async def _apply_outage_update(
+        self, watched: Watched, transition: Transition, logger: Any
+    ) -> None:
         """Severity raised in place; the hold after a manual resolve released."""
         store = self._store
         if isinstance(transition, OutageSeverityRaised):
-            watched.log.warning(
+            logger.warning(
                 "outage_severity_raised",
                 outage_id=watched.outage_id,
                 previous=transition.previous.value,
@@ -372,7 +406,7 @@ class Monitor:
                 async with asyncio.timeout(STORE_CALL_TIMEOUT_S):
                     await store.update_outage_severity(watched.outage_id, transition.severity)
         elif isinstance(transition, HoldReleased):
-            watched.log.info("outage_hold_released")
+            logger.info("outage_hold_released")
             if store is not None:
                 async with asyncio.timeout(STORE_CALL_TIMEOUT_S):
                     await store.release_reopen_hold(watched.endpoint.id)

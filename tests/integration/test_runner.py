@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -13,7 +14,7 @@ from availmon.clock import SystemClock
 from availmon.model import ENDPOINT_ADAPTER, Endpoint, EndpointSource, Reason, Status
 from availmon.probes import ProbeContext
 from availmon.runner import Monitor
-from availmon.store import Repository
+from availmon.store import EmbeddedPostgres, Repository, apply_migrations
 
 
 @pytest.fixture
@@ -85,3 +86,39 @@ async def test_retries_turn_one_flaky_answer_into_an_up_check(context: ProbeCont
             assert (result.status, result.attempts) == expected
     finally:
         await runner.cleanup()
+
+
+async def test_an_outage_opened_while_postgres_is_away_is_stored_when_it_returns(
+    pg_state_dir: Path, context: ProbeContext
+):
+    server = EmbeddedPostgres(pg_state_dir, durable=False)
+    dsn = await server.start()
+    repo = await Repository.connect(dsn, 2)
+    try:
+        await apply_migrations(repo.pool)
+        spec = ENDPOINT_ADAPTER.validate_python(
+            {"name": "gone", "url": f"tcp://127.0.0.1:{closed_port()}", "timeout": 1}
+        )
+        endpoint = await repo.create_endpoint(spec, EndpointSource.API)
+        monitor = Monitor(clock=SystemClock(), probe_context=context, max_concurrency=1, store=repo)
+        monitor.watch(endpoint)
+        first = await monitor.check(endpoint.id)  # first failure, stored while the database is up
+        await server.stop()
+        with capture_logs() as logs:
+            results = [await monitor.check(endpoint.id) for _ in range(4)]
+        assert monitor.get(endpoint.id).machine.state.outage_open
+        assert monitor.get(endpoint.id).pending  # the opening waits for the database
+        assert [e["event"] for e in logs].count("transition_not_stored") == 1
+        await server.start()
+        with capture_logs() as logs:
+            await monitor.check(endpoint.id)
+        assert "transitions_caught_up" in [e["event"] for e in logs]
+        assert [e["event"] for e in logs].count("outage_opened") == 0  # logged when it happened
+        (outage,) = await repo.open_outages()
+        assert outage.started_at == first.checked_at  # the episode's first failure
+        assert outage.opened_at == results[1].checked_at  # third failure (one stored before)
+        assert monitor.get(endpoint.id).outage_id == outage.id
+        assert not monitor.get(endpoint.id).pending
+    finally:
+        await repo.close()
+        await server.stop()
