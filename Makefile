@@ -31,6 +31,10 @@ lint: venv
 test: lint
 	$(BIN)/pytest -q
 
+# the load benchmark (see bench/run.py); e.g. make bench BENCH_ARGS="--http 20000"
+bench: venv
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 install:
 	PYTHON=$(PYTHON) PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) SYSCONFDIR=$(SYSCONFDIR) \
 	UNITDIR=$(UNITDIR) sh systemd/install.sh
