@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import socket
+import struct
+import threading
 import time
 from typing import Any
 
@@ -14,6 +17,7 @@ from availmon.model import Reason, Status
 
 from .conftest import RawServer, StartApp
 from .test_dns import DnsServer, dns_server  # noqa: F401 - the fixture, reused
+from .test_icmp import Namespace, Responder, _attempt, _checksum, _join, netns  # noqa: F401
 
 MakeProbe = Any
 
@@ -111,3 +115,48 @@ async def test_dns_reply_bomb_costs_one_check(
     assert result.status is Status.UP
     assert len(result.details["answers"]) == 3000
     assert result.details["truncated_over_udp"] is True
+
+
+class Flood(Responder):
+    """Answers every echo request with a flood: duplicates and replies for other probes."""
+
+    def run(self) -> None:
+        _join(self.namespace)
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+            sock.settimeout(0.02)
+            self.ready.set()
+            while not self.stop.is_set():
+                try:
+                    packet, source = sock.recvfrom(65535)
+                except TimeoutError:
+                    continue
+                icmp = packet[(packet[0] & 0x0F) * 4 :]
+                if icmp[0] != 8:
+                    continue
+                ident, sequence = struct.unpack("!HH", icmp[4:8])
+                self.requests.append((ident, sequence, len(icmp) - 8))
+                for copy in range(500):  # 250 duplicates, 250 replies to a stranger
+                    who = ident if copy % 2 else (ident + 1 + copy) & 0xFFFF
+                    reply = struct.pack("!BBHHH", 0, 0, 0, who, sequence) + icmp[8:]
+                    reply = reply[:2] + struct.pack("!H", _checksum(reply)) + reply[4:]
+                    sock.sendto(reply, (source[0], 0))
+
+
+def test_icmp_flood_is_counted_once_per_echo(netns: Namespace) -> None:  # noqa: F811
+    flood = Flood(netns.name)
+    thread = threading.Thread(target=flood.run)
+    thread.start()
+    try:
+        assert flood.ready.wait(5)
+        started = time.perf_counter()
+        result = netns.run(_attempt(2.0, packet_count=3, packet_interval=0.05))
+        elapsed = time.perf_counter() - started
+    finally:
+        flood.stop.set()
+        thread.join(5)
+    assert len(flood.requests) == 3  # exactly packet_count echoes, flood or not
+    assert (result.status, result.reason) == (Status.UP, Reason.OK)
+    assert result.details["packets_received"] == 3 and result.details["packets_sent"] == 3
+    assert result.details["packet_loss_percent"] == 0
+    assert result.details["duplicates"] >= 3  # the copies were seen and not counted
+    assert elapsed < 1.5  # done when its own three replies are in, not at the deadline
