@@ -94,15 +94,23 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from availmon.lifecycle import run_daemon
-
+def _configured(args: argparse.Namespace) -> Settings | None:
+    """The validated settings with logging configured, or None once the errors are reported."""
     try:
         settings = _load(args)
     except ConfigError as exc:
         _report_config_error(exc)
-        return EXIT_CONFIG
+        return None
     configure_logging(settings.logging.level, settings.logging.format)
+    return settings
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from availmon.lifecycle import run_daemon
+
+    settings = _configured(args)
+    if settings is None:
+        return EXIT_CONFIG
     try:
         return asyncio.run(run_daemon(settings, _config_path(args)[0]))
     except AvailmonError as exc:
@@ -113,12 +121,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from availmon.app import run_migrations
 
-    try:
-        settings = _load(args)
-    except ConfigError as exc:
-        _report_config_error(exc)
+    settings = _configured(args)
+    if settings is None:
         return EXIT_CONFIG
-    configure_logging(settings.logging.level, settings.logging.format)
     try:
         applied = asyncio.run(run_migrations(settings))
     except AvailmonError as exc:
@@ -132,12 +137,9 @@ def _cmd_setup_elasticsearch(args: argparse.Namespace) -> int:
     from availmon.search import setup_elasticsearch
     from availmon.search.bulk import EsUnavailable
 
-    try:
-        settings = _load(args)
-    except ConfigError as exc:
-        _report_config_error(exc)
+    settings = _configured(args)
+    if settings is None:
         return EXIT_CONFIG
-    configure_logging(settings.logging.level, settings.logging.format)
     logger = get_logger("availmon")
     if not settings.elasticsearch.enabled:
         logger.error("setup_elasticsearch_failed", error="[elasticsearch] hosts is not set")
@@ -154,12 +156,9 @@ def _cmd_setup_elasticsearch(args: argparse.Namespace) -> int:
 def _cmd_rebuild_redis(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
-    try:
-        settings = _load(args)
-    except ConfigError as exc:
-        _report_config_error(exc)
+    settings = _configured(args)
+    if settings is None:
         return EXIT_CONFIG
-    configure_logging(settings.logging.level, settings.logging.format)
     logger = get_logger("availmon")
     if not settings.redis.enabled:
         logger.error("rebuild_redis_failed", error="[redis] url is not set")
