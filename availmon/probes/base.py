@@ -9,6 +9,9 @@ of scheduling, storage or outages. Retries and the outer deadline belong to the 
 from __future__ import annotations
 
 import abc
+import asyncio
+import ipaddress
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -124,6 +127,28 @@ class Probe(abc.ABC, Generic[SpecT]):
                 details=details,
             )
         return ProbeResult(Status.UP, Reason.OK, response_time_ms, None, details=details)
+
+
+def span_ms(start: float | None, end: float | None) -> float | None:
+    """Milliseconds between two perf_counter stamps; None when either is missing."""
+    if start is None or end is None:
+        return None
+    return round((end - start) * 1000.0, 3)
+
+
+def literal_address(host: str) -> tuple[int, str] | None:
+    """(family, host) for an IP literal, which needs no resolver; None for a name."""
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+    return (socket.AF_INET6 if version == 6 else socket.AF_INET, host)
+
+
+async def resolve(host: str, port: int, kind: int) -> list[tuple[int, str]]:
+    """Every (family, address) the system resolver gives for host:port and socket `kind`."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=kind)
+    return [(info[0], str(info[4][0])) for info in infos]
 
 
 def elapsed_ms(started: float) -> float:

@@ -40,7 +40,15 @@ from dns.rdtypes.IN.AAAA import AAAA
 
 from availmon.model import DnsEndpoint, ProbeResult, Reason
 from availmon.patterns import Pattern
-from availmon.probes.base import Probe, ProbeContext, down, elapsed_ms
+from availmon.probes.base import (
+    Probe,
+    ProbeContext,
+    down,
+    elapsed_ms,
+    literal_address,
+    resolve,
+    span_ms,
+)
 
 # Exception -> reason, most specific first. `{target}` is server:port (and its address).
 _ERRORS: Final[tuple[tuple[type[BaseException], Reason, str], ...]] = (
@@ -99,12 +107,6 @@ class _Progress:
     truncated: bool = False
 
 
-def _ms(start: float | None, end: float | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return round((end - start) * 1000.0, 3)
-
-
 class DnsProbe(Probe[DnsEndpoint]):
     """Ask one server one question; UP when the rcode and the answers are as expected."""
 
@@ -115,7 +117,7 @@ class DnsProbe(Probe[DnsEndpoint]):
         self._server = spec.server
         self._port = spec.port
         name = spec.query_name
-        is_ip = _ip_family(name) is not None
+        is_ip = literal_address(name) is not None
         if spec.record_type == "PTR" and is_ip:
             self._qname = dns.reversename.from_address(name)
         else:
@@ -127,8 +129,7 @@ class DnsProbe(Probe[DnsEndpoint]):
         self._pattern = Pattern(pattern) if pattern is not None else None
         self._flags = dns.flags.RD if spec.recursion_desired else 0
         self._question = f"{self._qname.to_text(omit_final_dot=True) or '.'} {spec.record_type}"
-        family = _ip_family(self._server)
-        self._address = (family, self._server) if family is not None else None
+        self._address = literal_address(self._server)
 
     async def attempt(self, timeout: float) -> ProbeResult:
         progress = _Progress(time.perf_counter())
@@ -149,10 +150,7 @@ class DnsProbe(Probe[DnsEndpoint]):
         if self._address is not None:
             family, address = self._address
         else:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                self._server, self._port, type=socket.SOCK_DGRAM
-            )
-            family, address = infos[0][0], str(infos[0][4][0])
+            family, address = (await resolve(self._server, self._port, socket.SOCK_DGRAM))[0]
             progress.resolved = time.perf_counter()
         progress.address = address
         return family, address
@@ -266,9 +264,9 @@ class DnsProbe(Probe[DnsEndpoint]):
             details["truncated_over_udp"] = True
         query_start = progress.connected or progress.resolved or progress.started
         spans = {
-            "dns": _ms(progress.started, progress.resolved),
-            "connect": _ms(progress.resolved or progress.started, progress.connected),
-            "query": _ms(query_start, progress.done),
+            "dns": span_ms(progress.started, progress.resolved),
+            "connect": span_ms(progress.resolved or progress.started, progress.connected),
+            "query": span_ms(query_start, progress.done),
         }
         if phases := {phase: ms for phase, ms in spans.items() if ms is not None}:
             details["phases_ms"] = phases
@@ -283,14 +281,6 @@ def _targets(cnames: list[dns.rrset.RRset]) -> list[dns.name.Name]:
 async def _socket(backend: Any, kind: int, family: int, address: str, port: int) -> Any:
     """A connected dnspython socket: UDP ones then hear only the server, and its refusals."""
     return await backend.make_socket(family, kind, 0, None, (address, port))
-
-
-def _ip_family(text: str) -> int | None:
-    try:
-        version = ipaddress.ip_address(text).version
-    except ValueError:
-        return None
-    return socket.AF_INET6 if version == 6 else socket.AF_INET
 
 
 def _detail(exc: BaseException) -> str:

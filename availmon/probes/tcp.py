@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import socket
 import ssl
 import time
@@ -20,7 +19,15 @@ from typing import Any, Final
 from availmon.model import ProbeResult, Reason, Status, TcpEndpoint
 from availmon.patterns import Pattern
 from availmon.probes import tls
-from availmon.probes.base import Probe, ProbeContext, down, elapsed_ms
+from availmon.probes.base import (
+    Probe,
+    ProbeContext,
+    down,
+    elapsed_ms,
+    literal_address,
+    resolve,
+    span_ms,
+)
 
 # Exception -> reason, most specific first: the first row whose type matches wins.
 # `{target}` is host:port (and the address tried), `{detail}` the OS's words for the error.
@@ -67,12 +74,6 @@ def _detail(exc: OSError) -> str:
     return " ".join(text.split())
 
 
-def _ms(start: float | None, end: float | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return round((end - start) * 1000.0, 3)
-
-
 class TcpProbe(Probe[TcpEndpoint]):
     """Connect to host:port; UP when the connection (and the pattern, if any) succeeds."""
 
@@ -96,14 +97,8 @@ class TcpProbe(Probe[TcpEndpoint]):
                 self._config_error = f"cannot load ca_file {spec.ca_file!r}: {detail}"
         self._server_name = spec.server_name or self._host  # SNI and the name verified
         # An IP literal needs no resolver (a getaddrinfo call would still cost a thread hop).
-        self._addresses: list[tuple[int, str]] | None = None
-        try:
-            ip = ipaddress.ip_address(self._host)
-        except ValueError:
-            pass
-        else:
-            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-            self._addresses = [(family, self._host)]
+        literal = literal_address(self._host)
+        self._addresses = [literal] if literal is not None else None
 
     async def attempt(self, timeout: float) -> ProbeResult:
         if self._config_error is not None:
@@ -179,10 +174,7 @@ class TcpProbe(Probe[TcpEndpoint]):
         addresses = self._addresses
         if addresses is None:
             progress.phase = "dns"
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                self._host, self._port, type=socket.SOCK_STREAM
-            )
-            addresses = [(info[0], str(info[4][0])) for info in infos]
+            addresses = await resolve(self._host, self._port, socket.SOCK_STREAM)
             progress.resolved = time.perf_counter()
         progress.phase = "connect"
         error: OSError | None = None
@@ -274,10 +266,10 @@ class TcpProbe(Probe[TcpEndpoint]):
         if progress.tls_peer is not None:
             details["tls"] = tls.describe(progress.tls_peer, tls.now_utc())
         spans = {
-            "dns": _ms(progress.started, progress.resolved),
-            "connect": _ms(progress.resolved or progress.started, progress.connected),
-            "tls": _ms(progress.connected, progress.secured),
-            "read": _ms(progress.sent or progress.secured or progress.connected, progress.done),
+            "dns": span_ms(progress.started, progress.resolved),
+            "connect": span_ms(progress.resolved or progress.started, progress.connected),
+            "tls": span_ms(progress.connected, progress.secured),
+            "read": span_ms(progress.sent or progress.secured or progress.connected, progress.done),
         }
         if phases := {phase: ms for phase, ms in spans.items() if ms is not None}:
             details["phases_ms"] = phases

@@ -9,7 +9,6 @@ the deadline is `no_response`. The first datagram decides: UP when it matches ex
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 import time
 from dataclasses import dataclass
@@ -17,7 +16,15 @@ from typing import Any, Final
 
 from availmon.model import ProbeResult, Reason, UdpEndpoint
 from availmon.patterns import Pattern
-from availmon.probes.base import Probe, ProbeContext, down, elapsed_ms
+from availmon.probes.base import (
+    Probe,
+    ProbeContext,
+    down,
+    elapsed_ms,
+    literal_address,
+    resolve,
+    span_ms,
+)
 
 # Exception -> reason, most specific first. TimeoutError and the others are OSErrors.
 _ERRORS: Final[tuple[tuple[type[OSError], Reason, str], ...]] = (
@@ -60,12 +67,6 @@ class _Progress:
     received: int = 0
 
 
-def _ms(start: float | None, end: float | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return round((end - start) * 1000.0, 3)
-
-
 class UdpProbe(Probe[UdpEndpoint]):
     """One datagram out, one datagram back; UP when it comes back (and matches)."""
 
@@ -78,13 +79,7 @@ class UdpProbe(Probe[UdpEndpoint]):
         self._payload = spec.send.encode("utf-8")
         pattern = spec.expected_pattern
         self._pattern = Pattern(pattern.encode("utf-8")) if pattern is not None else None
-        self._address: tuple[int, str] | None = None  # an IP literal needs no resolver
-        try:
-            ip = ipaddress.ip_address(self._host)
-        except ValueError:
-            pass
-        else:
-            self._address = (socket.AF_INET6 if ip.version == 6 else socket.AF_INET, self._host)
+        self._address = literal_address(self._host)
 
     async def attempt(self, timeout: float) -> ProbeResult:
         progress = _Progress(time.perf_counter())
@@ -112,10 +107,7 @@ class UdpProbe(Probe[UdpEndpoint]):
         if self._address is not None:
             family, address = self._address
         else:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                self._host, self._port, type=socket.SOCK_DGRAM
-            )
-            family, address = infos[0][0], str(infos[0][4][0])
+            family, address = (await resolve(self._host, self._port, socket.SOCK_DGRAM))[0]
             progress.resolved = time.perf_counter()
         progress.address = address
         return family, address
@@ -170,8 +162,8 @@ class UdpProbe(Probe[UdpEndpoint]):
         if progress.address is not None:
             details["resolved_address"] = progress.address
         spans = {
-            "dns": _ms(progress.started, progress.resolved),
-            "read": _ms(progress.sent, progress.done),
+            "dns": span_ms(progress.started, progress.resolved),
+            "read": span_ms(progress.sent, progress.done),
         }
         if phases := {phase: ms for phase, ms in spans.items() if ms is not None}:
             details["phases_ms"] = phases
