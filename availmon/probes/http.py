@@ -18,6 +18,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
+import yarl
 
 from availmon.model import HttpEndpoint, ProbeResult, Reason, Status
 from availmon.patterns import Pattern
@@ -135,6 +136,8 @@ class HttpProbe(Probe[HttpEndpoint]):
         super().__init__(spec, context)
         pattern = spec.expected_pattern
         self._pattern = Pattern(pattern) if pattern is not None else None
+        # parsed once: aiohttp would build a yarl.URL from the string on every check
+        self._url = yarl.URL(spec.url)
         self._headers = dict(spec.headers)
         self._body = spec.body.encode("utf-8") if spec.body is not None else None
         # aiohttp raises on the redirect that reaches its limit (and 0 means no limit there),
@@ -203,7 +206,7 @@ class HttpProbe(Probe[HttpEndpoint]):
     ) -> ProbeResult:
         async with session.request(
             self.spec.method,
-            self.spec.url,
+            self._url,
             headers=self._headers,
             data=self._body,
             allow_redirects=self.spec.follow_redirects,
