@@ -195,6 +195,7 @@ async def build_daemon(settings: Settings, clock: Clock | None = None) -> AsyncI
         log.info(
             "availmon_started",
             endpoints=len(monitor),
+            event_loop=loop_implementation(),
             api=f"{settings.api.host}:{daemon.api_port}" if daemon.api_port else None,
         )
         yield daemon
@@ -255,6 +256,11 @@ async def _drain(scheduler: CheckScheduler, timeout: float) -> None:
     log.info("checks_stopped", cancelled_in_flight=cancelled)
 
 
+def loop_implementation() -> str:
+    """ "uvloop" or "asyncio": the package of the running loop's class."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
 def readiness(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
     stats = daemon.writer.stats
     problems = []
@@ -288,6 +294,7 @@ def readiness(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
             "lag_ms_max": round(lags_ms[-1], 3) if lags_ms else None,
         },
         "event_loop": {
+            "implementation": loop_implementation(),
             "overloaded": bool(daemon.monitor.looplag and daemon.monitor.looplag.overloaded),
             "max_lag_ms_10s": daemon.monitor.looplag.max_recent_ms
             if daemon.monitor.looplag

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,17 @@ def _configured(args: argparse.Namespace) -> Settings | None:
     return settings
 
 
+def run_on_loop(kind: str, main: Coroutine[Any, Any, int]) -> int:
+    """Run the daemon on the configured loop; APScheduler, aiohttp and asyncpg run on both."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if kind == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from availmon.lifecycle import run_daemon
 
@@ -112,7 +124,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_CONFIG
     try:
-        return asyncio.run(run_daemon(settings, _config_path(args)[0]))
+        return run_on_loop(settings.daemon.event_loop, run_daemon(settings, _config_path(args)[0]))
     except AvailmonError as exc:
         get_logger("availmon").error("availmon_failed", error=str(exc))
         return EXIT_CONFIG

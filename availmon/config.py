@@ -30,6 +30,11 @@ class DaemonSettings(Section):
         "config file's folder",
     )
     shutdown_timeout: float = Field(default=10.0, gt=0, le=300)
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop",
+        description="The event loop `availmon run` uses: uvloop (measured cheaper per check, "
+        "see README Performance) or the standard library's asyncio loop",
+    )
 
 
 class DatabaseSettings(Section):

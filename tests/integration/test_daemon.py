@@ -273,6 +273,8 @@ async def test_readyz_reports_the_spool_while_postgres_is_away(pg_state_dir: Pat
                 return status == code and (backlog > 0) == spooled
 
             await wait_for(lambda: state(200, False))
+            _, body = await readyz()
+            assert body["event_loop"]["implementation"] == "asyncio"  # pytest-asyncio's loop
             await server.stop()
             await wait_for(lambda: state(503, True))
             _, body = await readyz()

@@ -148,11 +148,12 @@ async def stored(dsn: str) -> dict[str, int]:
         await conn.close()
 
 
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
 async def test_sigterm_flushes_every_result_and_exits_0(
-    pg_dsn: str, counter: Counter, tmp_path: Path, notify: NotifySocket
+    pg_dsn: str, counter: Counter, tmp_path: Path, notify: NotifySocket, event_loop: str
 ):
     config = tmp_path / "c.toml"
-    write_config(config, counter.port, ["a", "b"])
+    write_config(config, counter.port, ["a", "b"], extra=f'event_loop = "{event_loop}"\n')
     daemon = Daemon(config, pg_dsn, tmp_path / "notify")
     await daemon.start()
 
@@ -177,6 +178,7 @@ async def test_sigterm_flushes_every_result_and_exits_0(
     # every check the targets answered has its result in PostgreSQL
     assert await stored(pg_dsn) == {"a": counter.hits["/a"], "b": counter.hits["/b"]}
     assert b"event=availmon_stopped" in daemon.output
+    assert f"event_loop={event_loop}".encode() in daemon.output
 
 
 async def test_sighup_applies_a_valid_config_and_keeps_running_on_a_bad_one(
