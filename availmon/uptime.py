@@ -89,16 +89,6 @@ class Totals:
         return self.judged_us + self.maintenance_us
 
 
-def split_by_hour(start: datetime, end: datetime) -> Iterable[tuple[datetime, int]]:
-    """(hour, microseconds) pieces of [start, end)."""
-    cursor = start
-    while cursor < end:
-        hour = floor_hour(cursor)
-        stop = min(end, hour + HOUR)
-        yield hour, us(stop - cursor)
-        cursor = stop
-
-
 def coverage(
     rows_oldest_first: Sequence[tuple[datetime, Status]],
     cap: timedelta,
@@ -134,17 +124,34 @@ class RollupDelta:
     cursors: dict[int, Cursor] = field(default_factory=dict)
     skipped: int = 0
 
-    def _bucket(self, endpoint_id: int, hour: datetime) -> Totals:
-        key = (endpoint_id, hour)
-        if key not in self.buckets:
-            self.buckets[key] = Totals()
-        return self.buckets[key]
 
-    def credit(
-        self, endpoint_id: int, status: Status, start: datetime, end: datetime, sign: int
-    ) -> None:
-        for hour, amount in split_by_hour(start, end):
-            self._bucket(endpoint_id, hour).add(_CATEGORY[status], sign * amount)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_HOUR_US = us(HOUR)
+_SLOT = {status: CATEGORIES.index(category) for status, category in _CATEGORY.items()}
+_CHECKS_SLOT = len(CATEGORIES)  # Totals' fields in order: the categories, then checks
+_Buckets = dict[tuple[int, int], list[int]]
+
+
+def _epoch_us(t: datetime) -> int:
+    return (t - _EPOCH) // ONE_US
+
+
+def _bucket(buckets: _Buckets, endpoint_id: int, hour: int) -> list[int]:
+    bucket = buckets.get((endpoint_id, hour))
+    if bucket is None:
+        bucket = buckets[endpoint_id, hour] = [0] * (_CHECKS_SLOT + 1)
+    return bucket
+
+
+def _credit(
+    buckets: _Buckets, endpoint_id: int, slot: int, start: int, end: int, sign: int
+) -> None:
+    """Add sign x the microseconds of [start, end) to each hour bucket they fall in."""
+    while start < end:
+        hour = start // _HOUR_US
+        stop = min(end, (hour + 1) * _HOUR_US)
+        _bucket(buckets, endpoint_id, hour)[slot] += sign * (stop - start)
+        start = stop
 
 
 def roll(
@@ -153,26 +160,46 @@ def roll(
     cap_of: Callable[[int], timedelta],
 ) -> RollupDelta:
     """Fold committed rows (anything with endpoint_id, checked_at, status) into bucket
-    deltas. Rows at or before an endpoint's cursor are skipped, so a replay is harmless."""
+    deltas. Rows at or before an endpoint's cursor are skipped, so a replay is harmless.
+
+    Integer microseconds since the epoch inside: the datetime arithmetic this replaced cost
+    ~5 % of the daemon's CPU at 1,000 checks/s and held the loop for whole batches."""
     delta = RollupDelta()
+    buckets: _Buckets = {}
     by_endpoint: dict[int, list[Any]] = defaultdict(list)
     for row in rows:
         by_endpoint[row.endpoint_id].append(row)
     for endpoint_id, items in by_endpoint.items():
         cursor = cursors.get(endpoint_id)
         cap = cap_of(endpoint_id)
-        for row in sorted(items, key=lambda r: r.checked_at):
-            at = row.checked_at
-            if cursor is not None and at <= cursor.checked_at:
+        cap_us = us(cap)
+        last_at, last_slot, covered_until = -1, 0, -1
+        if cursor is not None:
+            last_at = _epoch_us(cursor.checked_at)
+            last_slot, covered_until = _SLOT[cursor.status], _epoch_us(cursor.covered_until)
+        newest = None
+        items.sort(key=lambda r: r.checked_at)
+        for row in items:
+            at = _epoch_us(row.checked_at)
+            if at <= last_at:
                 delta.skipped += 1
                 continue
-            if cursor is not None and at < cursor.covered_until:
-                delta.credit(endpoint_id, cursor.status, at, cursor.covered_until, -1)
-            delta.credit(endpoint_id, row.status, at, at + cap, +1)
-            delta._bucket(endpoint_id, floor_hour(at)).checks += 1
-            cursor = Cursor(at, row.status, at + cap)
-        if cursor is not None:
+            if at < covered_until:
+                _credit(buckets, endpoint_id, last_slot, at, covered_until, -1)
+            last_slot = _SLOT[row.status]
+            _credit(buckets, endpoint_id, last_slot, at, at + cap_us, +1)
+            _bucket(buckets, endpoint_id, at // _HOUR_US)[_CHECKS_SLOT] += 1
+            last_at, covered_until, newest = at, at + cap_us, row
+        if newest is not None:
+            delta.cursors[endpoint_id] = Cursor(
+                newest.checked_at, newest.status, newest.checked_at + cap
+            )
+        elif cursor is not None:
             delta.cursors[endpoint_id] = cursor
+    for (endpoint_id, hour), values in buckets.items():
+        delta.buckets[endpoint_id, _EPOCH + timedelta(microseconds=hour * _HOUR_US)] = Totals(
+            *values
+        )
     return delta
 
 
