@@ -37,6 +37,7 @@ from availmon.state import OutageStateMachine
 from availmon.store import EmbeddedPostgres, Repository, StatusWriter, apply_migrations
 from availmon.store.rollups import UptimeRollups
 from availmon.store.spool import Spool
+from availmon.store.state_changes import StatusChangeBuffer
 
 log = get_logger("availmon.app")
 
@@ -145,6 +146,9 @@ async def build_daemon(settings: Settings, clock: Clock | None = None) -> AsyncI
         )
         probe_context = ProbeContext()
         stack.push_async_callback(probe_context.close)
+        status_changes = StatusChangeBuffer(repo.pool, db.flush_interval)
+        await status_changes.start()
+        stack.push_async_callback(status_changes.stop)
         monitor = Monitor(
             clock=clock,
             probe_context=probe_context,
@@ -152,6 +156,7 @@ async def build_daemon(settings: Settings, clock: Clock | None = None) -> AsyncI
             sink=writer,
             store=repo,
             maintenance=lambda endpoint, at: calendar.match(endpoint.id, endpoint.spec.tags, at),
+            status_changes=status_changes,
         )
         rollups = await _start_rollups(stack, repo, monitor, writer, endpoints)
         await writer.start()

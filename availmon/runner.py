@@ -54,6 +54,10 @@ class ResultSink(Protocol):
     def submit(self, row: StatusRow) -> bool: ...
 
 
+class StatusChangeSink(Protocol):
+    def record(self, endpoint_id: int, status: Status, since: datetime) -> None: ...
+
+
 class OutageStore(Protocol):
     async def open_outage(
         self,
@@ -163,8 +167,11 @@ class Monitor:
         sink: ResultSink | None = None,
         store: OutageStore | None = None,
         maintenance: MaintenanceLookup | None = None,
+        status_changes: StatusChangeSink | None = None,
     ) -> None:
         self._clock = clock
+        # batched "status since" writes; without one, each change is its own store call
+        self._status_changes = status_changes
         self._maintenance = maintenance
         self._context = probe_context
         self._semaphore = asyncio.Semaphore(max_concurrency)
@@ -358,7 +365,9 @@ class Monitor:
                 previous=transition.previous.value if transition.previous else None,
                 status=transition.current.value,
             )
-            if store is not None:
+            if self._status_changes is not None:
+                self._status_changes.record(endpoint_id, transition.current, transition.at)
+            elif store is not None:
                 async with asyncio.timeout(STORE_CALL_TIMEOUT_S):
                     await store.record_status_change(endpoint_id, transition.current, transition.at)
         elif isinstance(transition, OutageOpened):

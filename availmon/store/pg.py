@@ -29,6 +29,21 @@ def storage_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, 
     return wrapper
 
 
+def is_bad_data(exc: BaseException) -> bool:
+    """True when the rows themselves are at fault, so retrying the same rows cannot help."""
+    cause = exc.__cause__ if isinstance(exc, StorageError) else exc
+    return isinstance(
+        cause,
+        (
+            asyncpg.DataError,  # class 22 (and asyncpg's own argument encoding errors)
+            asyncpg.IntegrityConstraintViolationError,  # class 23
+            TypeError,
+            ValueError,
+            OverflowError,
+        ),
+    )
+
+
 def _encode_jsonb(value: Any) -> bytes:
     # Binary jsonb is a version byte (1) then the JSON text; binary COPY needs this format.
     # default=str: a probe detail that is not JSON (a datetime, an exception) is kept as text

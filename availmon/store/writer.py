@@ -16,11 +16,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import asyncpg
 import structlog
 
-from availmon.errors import StorageError
 from availmon.model import StatusRow
+from availmon.store.pg import is_bad_data
 from availmon.store.repository import Repository
 from availmon.store.spool import Spool
 
@@ -46,21 +45,6 @@ class WriterStats:
     failing: bool
     spooled: int = 0  # rows ever written to the spool
     spool_backlog: int = 0  # rows in the spool now, waiting for PostgreSQL
-
-
-def _is_bad_data(exc: BaseException) -> bool:
-    """True when the rows themselves are at fault, so retrying the same rows cannot help."""
-    cause = exc.__cause__ if isinstance(exc, StorageError) else exc
-    return isinstance(
-        cause,
-        (
-            asyncpg.DataError,  # class 22 (and asyncpg's own argument encoding errors)
-            asyncpg.IntegrityConstraintViolationError,  # class 23
-            TypeError,
-            ValueError,
-            OverflowError,
-        ),
-    )
 
 
 class StatusWriter:
@@ -288,7 +272,7 @@ class StatusWriter:
             await self._repo.write_statuses(rows)
             return 0
         except Exception as exc:
-            if not _is_bad_data(exc):
+            if not is_bad_data(exc):
                 raise
             if len(rows) == 1:
                 row = rows[0]
