@@ -10,8 +10,10 @@ itself to learn how much of its own duration the loop was stalled.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections import deque
+from typing import Any
 
 from availmon.logs import get_logger
 
@@ -29,12 +31,15 @@ class LoopLagMonitor:
         self.overloaded = False
         self.episodes = 0
         self._task: asyncio.Task[None] | None = None
+        self.gc = GcPauses()
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="looplag")
+            self.gc.install()
 
     async def stop(self) -> None:
+        self.gc.uninstall()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -61,3 +66,38 @@ class LoopLagMonitor:
             planned = time.perf_counter() + INTERVAL_S
             await asyncio.sleep(INTERVAL_S)
             self.record(max(0.0, time.perf_counter() - planned))
+
+
+class GcPauses:
+    """The cyclic garbage collector's pauses: each one stalls the loop for its whole length."""
+
+    def __init__(self) -> None:
+        self.collections = [0, 0, 0]
+        self.total_s = 0.0
+        self.max_s = 0.0
+        self._started = 0.0
+
+    def install(self) -> None:
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def uninstall(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        self.collections[info["generation"]] += 1
+        self.total_s += pause
+        self.max_s = max(self.max_s, pause)
+
+    def facts(self) -> dict[str, Any]:
+        return {
+            "collections": list(self.collections),
+            "pause_total_s": round(self.total_s, 3),
+            "pause_max_ms": round(self.max_s * 1000, 1),
+            "frozen_objects": gc.get_freeze_count(),
+        }

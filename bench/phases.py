@@ -308,6 +308,7 @@ async def _measure_daemon(
         "daemon_cpu_cores": round(cpu / duration, 3),
         "daemon_cpu_sys_share": sys_share,  # kernel time: loopback TCP is done in syscalls
         "peak_rss_mb": measure.memory_mb(child.pid, "VmHWM"),
+        "gc": (facts1.get("event_loop") or {}).get("gc"),
         "rss_end_mb": measure.memory_mb(child.pid, "VmRSS"),
         "rows_written": facts1["writer"]["written"] - facts0["writer"]["written"],
         "writer_queued_end": facts1["writer"]["queued"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from availmon.app import Daemon, build_daemon
+from availmon.app import GC_THRESHOLDS, Daemon, build_daemon
 from availmon.config import Settings
 
 FAST = {"check_interval": 0.4, "timeout": 0.2, "recheck_interval": 0.1}
@@ -275,6 +276,9 @@ async def test_readyz_reports_the_spool_while_postgres_is_away(pg_state_dir: Pat
             await wait_for(lambda: state(200, False))
             _, body = await readyz()
             assert body["event_loop"]["implementation"] == "asyncio"  # pytest-asyncio's loop
+            # start-up objects are frozen out of the collector's passes while it runs
+            assert body["event_loop"]["gc"]["frozen_objects"] == gc.get_freeze_count() > 0
+            assert gc.get_threshold() == GC_THRESHOLDS
             await server.stop()
             await wait_for(lambda: state(503, True))
             _, body = await readyz()
@@ -283,5 +287,6 @@ async def test_readyz_reports_the_spool_while_postgres_is_away(pg_state_dir: Pat
             await server.start()
             await wait_for(lambda: state(200, False))
             assert daemon.writer.stats.dropped == 0
+        assert gc.get_freeze_count() == 0 and gc.get_threshold() != GC_THRESHOLDS
     finally:
         await server.stop()
