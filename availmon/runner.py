@@ -179,6 +179,7 @@ class Monitor:
         self._store = store
         self._watched: dict[int, Watched] = {}
         self._listeners: list[CheckListener] = []
+        self._change_listeners: list[Callable[[int], None]] = []
         self.generation = 0
         self.checks_executed = 0
         self.in_flight = 0
@@ -258,6 +259,7 @@ class Monitor:
             self._record(watched, result, raw, checked_at)
             if transitions or watched.pending:
                 await self._apply(watched, transitions)
+        self._changed(watched)
         for listener in self._listeners:
             try:
                 listener(watched, result, transitions)
@@ -289,6 +291,16 @@ class Monitor:
                     details=result.details,
                 )
             )
+
+    def add_change_listener(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(endpoint_id)` whenever a watched endpoint's visible state changed
+        (a check finished, an outage was resolved by hand); a new set of endpoints or a new
+        spec shows as a new `generation` instead. Must be cheap: it runs on every check."""
+        self._change_listeners.append(listener)
+
+    def _changed(self, watched: Watched) -> None:
+        for listener in self._change_listeners:
+            listener(watched.endpoint.id)
 
     def add_listener(self, listener: CheckListener) -> None:
         """Call `listener(watched, result, transitions)` after every check, once its
@@ -436,5 +448,6 @@ class Monitor:
             outage = await self._store.resolve_outage(outage_id, at, by, notes)
             watched.machine.resolve(at)
             watched.outage_id = None
+            self._changed(watched)
         watched.log.info("outage_resolved_manually", outage_id=outage_id, resolved_by=by)
         return outage

@@ -200,6 +200,7 @@ class ServiceAvailabilityCollector:
         # side outputs (Redis, Elasticsearch) add a section each to summary(); never blocking
         self.extra_status: dict[str, Callable[[], dict[str, Any]]] = {}
         self._view = StatusView()
+        monitor.add_change_listener(self._view.changed)
 
     async def collect_all_services(self) -> list[tuple[Endpoint, ProbeResult]]:
         """Check every active endpoint now, concurrently (under the global limit)."""
@@ -222,10 +223,14 @@ class ServiceAvailabilityCollector:
     def summary_json(self) -> bytes:
         """summary() encoded, from per-endpoint fragments that are rebuilt only on change."""
         watched = self._monitor.all()
-        head = {"counts": self.status_counts(), "total": len(watched)}
+        endpoints, counts = self._view.endpoints_json(watched, self._monitor.generation)
+        head = {
+            "counts": {status.value: counts.get(status.value, 0) for status in Status},
+            "total": len(watched),
+        }
         extra = {name: section() for name, section in self.extra_status.items()}
         body = json.dumps(head, separators=(",", ":")).encode()[:-1]
-        body += b',"endpoints":' + self._view.endpoints_json(watched, self._monitor.generation)
+        body += b',"endpoints":' + endpoints
         if extra:
             body += b"," + json.dumps(extra, separators=(",", ":")).encode()[1:-1]
         return body + b"}"
