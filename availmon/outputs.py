@@ -40,6 +40,7 @@ class Episode:
         self.failing_since: float | None = None  # monotonic
         self.since: datetime | None = None  # the same moment, for humans
         self.failures = 0
+        self.errors = 0  # every failure ever, for metrics (`failures` counts this episode's)
         self.last_error: str | None = None
 
     @property
@@ -50,6 +51,7 @@ class Episode:
         """Record a failure; return the seconds to wait before the next attempt."""
         self.last_error = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         self.failures += 1
+        self.errors += 1
         delay = self._backoff * random.uniform(0.8, 1.0)
         self._backoff = min(self._backoff * 2, self._maximum)
         if self.failing_since is None:
