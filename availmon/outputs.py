@@ -101,6 +101,7 @@ async def attach_side_outputs(stack: AsyncExitStack, daemon: Daemon) -> None:
         daemon.writer.add_commit_listener(cache.on_commit)
         daemon.monitor.add_listener(cache.on_check)
         daemon.collector.extra_status["redis"] = cache.status
+        daemon.redis_cache = cache
     if es_on:
         from availmon.search import EsSync
 
@@ -109,6 +110,7 @@ async def attach_side_outputs(stack: AsyncExitStack, daemon: Daemon) -> None:
         stack.push_async_callback(sync.stop)
         daemon.writer.add_commit_listener(sync.on_commit)
         daemon.collector.extra_status["elasticsearch"] = sync.status
+        daemon.es_sync = sync
     # Unwound first (before the outputs stop, after the checks stopped): the last results are
     # committed while the outputs still listen, so they reach Redis and Elasticsearch now
     # rather than at the next start.
