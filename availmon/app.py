@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -20,6 +20,7 @@ from availmon.errors import StorageError
 from availmon.logs import get_logger
 from availmon.looplag import LoopLagMonitor
 from availmon.maintenance import MaintenanceCalendar
+from availmon.metrics import DaemonMetrics
 from availmon.model import Endpoint
 from availmon.notify.outbox import Outbox
 from availmon.notify.webhook import WebhookDeliverer
@@ -40,6 +41,10 @@ from availmon.store.rollups import UptimeRollups
 from availmon.store.spool import Spool
 from availmon.store.state_changes import StatusChangeBuffer
 
+if TYPE_CHECKING:
+    from availmon.cache import RedisCache
+    from availmon.search import EsSync
+
 log = get_logger("availmon.app")
 GC_THRESHOLDS = (50_000, 20, 20)
 
@@ -59,6 +64,8 @@ class Daemon:
     maintenance: MaintenanceService | None = None
     rollups: UptimeRollups | None = None
     deliverer: WebhookDeliverer | None = None
+    redis_cache: RedisCache | None = None  # the side outputs, set by attach_side_outputs
+    es_sync: EsSync | None = None
 
 
 @asynccontextmanager
@@ -334,6 +341,14 @@ def readiness(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
 async def _start_api(stack: AsyncExitStack, daemon: Daemon) -> int:
     api = daemon.settings.api
     token = api.token.get_secret_value() if api.token else None
+    metrics = DaemonMetrics(
+        daemon.monitor,
+        daemon.scheduler,
+        lambda: daemon.writer.stats,
+        redis=daemon.redis_cache,
+        search=daemon.es_sync,
+    )
+    daemon.monitor.add_listener(metrics.on_check)
     app = create_app(
         ApiDeps(
             availability=daemon.availability,
@@ -343,6 +358,7 @@ async def _start_api(stack: AsyncExitStack, daemon: Daemon) -> int:
             max_body_bytes=api.max_body_bytes,
             read_token_required=api.read_token_required,
             readiness=lambda: readiness(daemon),
+            metrics=metrics.render,
         )
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -40,6 +40,7 @@ class Episode:
         self.failing_since: float | None = None  # monotonic
         self.since: datetime | None = None  # the same moment, for humans
         self.failures = 0
+        self.errors = 0  # every failure ever, for metrics (`failures` counts this episode's)
         self.last_error: str | None = None
 
     @property
@@ -50,6 +51,7 @@ class Episode:
         """Record a failure; return the seconds to wait before the next attempt."""
         self.last_error = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         self.failures += 1
+        self.errors += 1
         delay = self._backoff * random.uniform(0.8, 1.0)
         self._backoff = min(self._backoff * 2, self._maximum)
         if self.failing_since is None:
@@ -99,6 +101,7 @@ async def attach_side_outputs(stack: AsyncExitStack, daemon: Daemon) -> None:
         daemon.writer.add_commit_listener(cache.on_commit)
         daemon.monitor.add_listener(cache.on_check)
         daemon.collector.extra_status["redis"] = cache.status
+        daemon.redis_cache = cache
     if es_on:
         from availmon.search import EsSync
 
@@ -107,6 +110,7 @@ async def attach_side_outputs(stack: AsyncExitStack, daemon: Daemon) -> None:
         stack.push_async_callback(sync.stop)
         daemon.writer.add_commit_listener(sync.on_commit)
         daemon.collector.extra_status["elasticsearch"] = sync.status
+        daemon.es_sync = sync
     # Unwound first (before the outputs stop, after the checks stopped): the last results are
     # committed while the outputs still listen, so they reach Redis and Elasticsearch now
     # rather than at the next start.

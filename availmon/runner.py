@@ -8,6 +8,7 @@ the scheduler (or an API "check now") calls `check(endpoint_id)`.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -102,6 +103,7 @@ class Watched:
     log: Any
     outage_id: int | None = None
     last_result: ProbeResult | None = None
+    last_duration_s: float | None = None  # wall time of the latest check, all attempts
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # held while transitions are applied and stored, and by a manual resolve
     transition_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -237,12 +239,15 @@ class Monitor:
             self.in_flight += 1
             try:
                 checked_at = self._clock.now()
+                started = time.perf_counter()
                 result = await self._attempts(watched)
+                duration = time.perf_counter() - started
             finally:
                 self.in_flight -= 1
         result.checked_at = checked_at
         self.checks_executed += 1
         watched.last_result = result
+        watched.last_duration_s = duration
         raw = result.status
         window = self._maintenance(watched.endpoint, checked_at) if self._maintenance else None
         if window is not None:  # the check ran and its raw result is kept; recorded: MAINTENANCE

@@ -30,6 +30,14 @@ log = get_logger("availmon.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+METRICS_PATH = "/metrics"
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # prometheus-client's text
+
+
+def read_protected(path: str) -> bool:
+    """Whether a GET of `path` needs the token when read_token_required is set: the API and
+    the metrics (they name every endpoint); /healthz and /readyz stay open."""
+    return path.startswith("/api/") or path == METRICS_PATH
 
 
 @dataclass(frozen=True)
@@ -39,10 +47,12 @@ class ApiDeps:
     outages: OutageManagementService
     token: str | None = None
     max_body_bytes: int = 256 * 1024
-    # with a token: GETs under /api/ need it too (/healthz and /readyz stay open)
+    # with a token: GETs under /api/ and of /metrics need it too (see read_protected)
     read_token_required: bool = False
     # () -> (ready, facts): scheduler running, results reaching PostgreSQL, backlogs
     readiness: Callable[[], tuple[bool, dict[str, Any]]] | None = None
+    # () -> the Prometheus text format 0.0.4, served at GET /metrics (no route without it)
+    metrics: Callable[[], Awaitable[bytes]] | None = None
 
 
 DEPS: web.AppKey[ApiDeps] = web.AppKey("deps", ApiDeps)
@@ -88,7 +98,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     deps = request.app[DEPS]
     token = deps.token
     protected = request.method in WRITE_METHODS or (
-        deps.read_token_required and request.path.startswith("/api/")
+        deps.read_token_required and read_protected(request.path)
     )
     if token and protected:
         header = request.headers.get("Authorization", "")

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from availmon.api.app import DEPS, read_json
+from availmon.api.app import DEPS, METRICS_CONTENT_TYPE, METRICS_PATH, read_json
 from availmon.errors import FieldError, ValidationFailed
 from availmon.model import Endpoint, ProbeResult, Severity, StatusRow
 
@@ -117,6 +117,15 @@ async def readyz(request: web.Request) -> web.Response:
     check = request.app[DEPS].readiness
     ready, facts = check() if check is not None else (True, {})
     return web.json_response({"ready": ready, **facts}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """The Prometheus text format; gzip when the scraper accepts it (Prometheus does)."""
+    render = request.app[DEPS].metrics
+    assert render is not None  # the route is added only with it
+    response = web.Response(body=await render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+    response.enable_compression()
+    return response
 
 
 @routes.get("/api/v1/status")
@@ -232,4 +241,6 @@ def add_routes(app: web.Application) -> None:
     from availmon.api import maintenance, openapi, outages  # route modules of their own
 
     app.add_routes([*routes, *outages.routes, *maintenance.routes])
+    if app[DEPS].metrics is not None:
+        app.router.add_get(METRICS_PATH, metrics)
     app.router.add_get(openapi.OPENAPI_PATH, openapi.serve)  # describes the routes above

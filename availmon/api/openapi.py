@@ -18,7 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from availmon import __version__
-from availmon.api.app import DEPS, WRITE_METHODS
+from availmon.api.app import DEPS, METRICS_PATH, WRITE_METHODS, read_protected
 from availmon.errors import FieldError
 from availmon.model import ENDPOINT_ADAPTER, Outage, ProbeResult, Severity, Status, StatusRow
 
@@ -61,6 +61,7 @@ class Operation:
     query: tuple[Param, ...] = ()
     conflict: bool = False  # may answer 409
     examples: tuple[tuple[str, JsonSchema], ...] = ()
+    media: str = "application/json"  # of the success body
 
 
 _OPERATIONS: dict[tuple[str, str], Operation] = {}
@@ -166,6 +167,10 @@ def _components() -> dict[str, JsonSchema]:
         "required": ["ready"],
     }
     schemas["OpenApi"] = {"type": "object", "required": ["openapi", "paths"]}
+    schemas["Metrics"] = {
+        "type": "string",
+        "description": "Prometheus text exposition format 0.0.4 (README, Prometheus metrics)",
+    }
     schemas["Error"] = schemas.pop(refs["error"]["$ref"].rsplit("/", 1)[1])
     return schemas
 
@@ -194,6 +199,7 @@ for _method, _path, _op in [
     ("GET", "/healthz", Operation("Liveness: the process answers", "Health")),
     ("GET", "/readyz", Operation("Readiness: checks scheduled, results stored", "Readiness")),
     ("GET", OPENAPI_PATH, Operation("This document", "OpenApi")),
+    ("GET", METRICS_PATH, Operation("Prometheus metrics", "Metrics", media="text/plain")),
     ("GET", "/api/v1/status", Operation("State of every watched endpoint", "StatusSummary")),
     (
         "GET",
@@ -281,7 +287,7 @@ def _responses(method: str, path: str, op: Operation | None, errors: set[int]) -
     else:
         ok = {"description": op.summary}
         if op.response:
-            ok["content"] = _json(_ref(op.response))
+            ok["content"] = {op.media: {"schema": _ref(op.response)}}
         responses = {str(op.status): ok}
     if path == "/readyz":
         responses["503"] = {"description": "Not ready", "content": _json(_ref("Readiness"))}
@@ -343,7 +349,7 @@ def build_document(app: web.Application) -> JsonSchema:
             continue
         params = [p.split("}")[0] for p in path.split("{")[1:]]
         protected = bool(deps.token) and (
-            method in WRITE_METHODS or (deps.read_token_required and path.startswith("/api/"))
+            method in WRITE_METHODS or (deps.read_token_required and read_protected(path))
         )
         operation = _operation(method, path, params, protected, _OPERATIONS.get((method, path)))
         paths.setdefault(path, {})[method.lower()] = operation

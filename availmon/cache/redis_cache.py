@@ -230,6 +230,20 @@ class RedisCache:
             events_dropped=self.events_dropped,
         )
 
+    @property
+    def pending_endpoints(self) -> int:
+        """Endpoints whose hash is due to be written."""
+        return len(self._dirty)
+
+    @property
+    def queued_events(self) -> int:
+        return len(self._events)
+
+    @property
+    def errors(self) -> int:
+        """Failed attempts to write to Redis, ever."""
+        return self._episode.errors
+
     def status(self) -> dict[str, Any]:
         """The "redis" section of GET /api/v1/status."""
         episode = self._episode

@@ -147,6 +147,16 @@ class EsSync:
             backlog_rows=self._backlog.rows,
         )
 
+    @property
+    def backlog_rows(self) -> int:
+        """Committed rows not yet indexed, as of the latest backlog count."""
+        return self._backlog.rows
+
+    @property
+    def errors(self) -> int:
+        """Failed attempts, ever: Elasticsearch requests and reads of the outbox."""
+        return self._es.errors + self._db.errors
+
     def status(self) -> dict[str, Any]:
         """The "elasticsearch" section of GET /api/v1/status."""
         backlog = self._backlog

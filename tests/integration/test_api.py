@@ -54,6 +54,9 @@ class Api:
             text = await resp.text()
             if not text:
                 return resp.status, None
+            if path == "/metrics" and resp.status == 200:  # the Prometheus text format
+                assert resp.content_type == "text/plain", text
+                return resp.status, text
             assert resp.content_type == "application/json", text
             return resp.status, await resp.json()
 
