@@ -75,6 +75,7 @@ class GcPauses:
         self.collections = [0, 0, 0]
         self.total_s = 0.0
         self.max_s = 0.0
+        self.frozen_objects = 0  # set by whoever froze them: counting walks the whole list
         self._started = 0.0
 
     def install(self) -> None:
@@ -99,5 +100,5 @@ class GcPauses:
             "collections": list(self.collections),
             "pause_total_s": round(self.total_s, 3),
             "pause_max_ms": round(self.max_s * 1000, 1),
-            "frozen_objects": gc.get_freeze_count(),
+            "frozen_objects": self.frozen_objects,
         }

@@ -14,9 +14,8 @@ import ipaddress
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, ClassVar, Generic, TypeVar
 
 import aiohttp
@@ -27,42 +26,24 @@ from aiohttp.client_exceptions import (
 )
 from aiohttp.client_reqrep import ClientRequest
 from aiohttp.connector import Connection
+from aiohttp.resolver import DefaultResolver
 
 from availmon.model import AnyEndpoint, ProbeResult, Reason, Status
+from availmon.probes.http_timing import stamp
 from availmon.probes.tls import TlsPeer, capture
 
 SpecT = TypeVar("SpecT", bound=AnyEndpoint)
 
-_TraceHandler = Callable[[aiohttp.ClientSession, SimpleNamespace, object], Awaitable[None]]
 
+class TimedResolver(DefaultResolver):  # type: ignore[misc,valid-type]
+    """aiohttp's default resolver, stamping the DNS phase when a name is really resolved."""
 
-def _stamp(event: str) -> _TraceHandler:
-    async def stamp(session: aiohttp.ClientSession, ctx: SimpleNamespace, params: object) -> None:
-        marks = ctx.trace_request_ctx
-        if isinstance(marks, dict):
-            marks[event] = time.perf_counter()
-
-    return stamp
-
-
-def _http_trace_config() -> aiohttp.TraceConfig:
-    """One TraceConfig for the shared session (aiohttp attaches them per session, not request).
-
-    A request that passes a dict as `trace_request_ctx` gets a time.perf_counter() stamp under
-    each event's name (the latest wins, so after a redirect the next hop's stamps replace them).
-    """
-    config = aiohttp.TraceConfig()
-    config.on_request_start.append(_stamp("request_start"))
-    config.on_dns_resolvehost_start.append(_stamp("dns_resolvehost_start"))
-    config.on_dns_resolvehost_end.append(_stamp("dns_resolvehost_end"))
-    config.on_connection_create_start.append(_stamp("connection_create_start"))
-    config.on_connection_create_end.append(_stamp("connection_create_end"))
-    config.on_request_headers_sent.append(_stamp("request_headers_sent"))
-    config.on_request_end.append(_stamp("request_end"))
-    return config
-
-
-HTTP_TRACE_CONFIG = _http_trace_config()
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> Any:
+        stamp("dns_resolvehost_start")
+        try:
+            return await super().resolve(host, port, family)
+        finally:
+            stamp("dns_resolvehost_end")
 
 
 class PeerAddressResponse(aiohttp.ClientResponse):
@@ -79,7 +60,9 @@ class PeerAddressResponse(aiohttp.ClientResponse):
             if isinstance(peer, tuple) and peer:
                 self.peer_address = str(peer[0])
             self.tls_peer = capture(transport.get_extra_info("ssl_object"))
-        return await super().start(connection)
+        response = await super().start(connection)
+        stamp("request_end")  # the status line and headers are in
+        return response
 
 
 class DirectConnector(aiohttp.TCPConnector):
@@ -91,6 +74,14 @@ class DirectConnector(aiohttp.TCPConnector):
     create_connection() does the same connect in C on uvloop. Several addresses (a name with
     A and AAAA records, say) still go through happy eyeballs.
     """
+
+    async def _create_connection(
+        self, req: ClientRequest, traces: list[Any], timeout: aiohttp.ClientTimeout
+    ) -> Any:
+        stamp("connection_create_start")  # name resolution, TCP, TLS: all of it
+        connection = await super()._create_connection(req, traces, timeout)
+        stamp("connection_create_end")
+        return connection
 
     async def _wrap_create_connection(
         self,
@@ -142,14 +133,17 @@ class ProbeContext:
             # force_close: a fresh connection (and TLS handshake) on every check, so a rotated
             # certificate or a dead backend is never hidden behind a pooled connection.
             connector = DirectConnector(
-                force_close=True, limit=0, ttl_dns_cache=10, enable_cleanup_closed=True
+                force_close=True,
+                limit=0,
+                ttl_dns_cache=10,
+                enable_cleanup_closed=True,
+                resolver=TimedResolver(),
             )
             self.http_session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=True,
                 trust_env=False,
                 cookie_jar=None,
-                trace_configs=[HTTP_TRACE_CONFIG],
                 response_class=PeerAddressResponse,
             )
         return self.http_session

@@ -160,9 +160,9 @@ class HttpProbe(Probe[HttpEndpoint]):
         if self._ssl is None:
             return down(Reason.INVALID_CONFIG, self._config_error)
         session = await self.context.get_http_session()
-        marks: dict[str, float] = {}
-        token = MARKS.set(marks)
         started = time.perf_counter()
+        marks: dict[str, float] = {"request_start": started}
+        token = MARKS.set(marks)
         deadline = asyncio.get_running_loop().time() + timeout
         try:
             async with asyncio.timeout_at(deadline):
@@ -213,7 +213,6 @@ class HttpProbe(Probe[HttpEndpoint]):
             max_redirects=self._max_redirects,
             ssl=ssl_context,
             timeout=_NO_CLIENT_TIMEOUT,
-            trace_request_ctx=marks,
         ) as response:
             body, size, truncated = await self._read_body(response)
             marks["body_end"] = time.perf_counter()
