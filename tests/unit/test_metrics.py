@@ -199,3 +199,33 @@ def test_no_lag_samples_no_quantiles():
     samples = fleet.scrape()
     assert series(samples, "availmon_schedule_lag_seconds") == []
     assert series(samples, "availmon_event_loop_overloaded") == []  # no loop lag monitor
+
+
+async def test_the_direct_rendering_is_byte_for_byte_what_prometheus_client_writes():
+    fleet = Fleet()
+    tricky = fleet.watch(1, "web (primary) @dc1: a/b+c-d.e", "https://127.0.0.1:9/")
+    down = fleet.watch(2, "db", "tcp://127.0.0.1:9")
+    fleet.watch(3, "never checked", "http://127.0.0.1:9/")
+    slow = fleet.watch(4, "slow", "http://127.0.0.1:9/slow")
+    tls = {"not_after": "2027-03-04T05:06:07Z"}
+    result = ProbeResult(Status.UP, Reason.OK, 1.0, details={"status_code": 200, "tls": tls})
+    fleet.checked(tricky, result, 0.0125)
+    fleet.checked(down, ProbeResult(Status.DOWN, Reason.REFUSED, None, "refused"), 0.0004)
+    fleet.checked(slow, ProbeResult(Status.DEGRADED, Reason.SLOW, 1234.5), 1234.5678)
+    fleet.monitor.looplag = LoopLagMonitor()
+    fleet.scheduler.lags.extend([0.001, 0.25])
+    assert await fleet.metrics.render() == generate_latest(fleet.metrics.registry)
+    # a renamed endpoint gets its new labels (the label cache follows the Endpoint object)
+    fleet.watch(4, "slow renamed", "http://127.0.0.1:9/slow")
+    rendered = await fleet.metrics.render()
+    assert rendered == generate_latest(fleet.metrics.registry)
+    assert b'endpoint_name="slow renamed"' in rendered and b'"slow"' not in rendered
+
+
+def test_label_values_are_escaped_as_the_text_format_requires():
+    from prometheus_client.openmetrics.exposition import ALLOWUTF8, _escape
+
+    from availmon.metrics import _escape as escape
+
+    for text in ['a"b', "back\\slash", "new\nline", 'all "\\\n three']:
+        assert escape(text) == _escape(text, ALLOWUTF8, False)
