@@ -155,7 +155,8 @@ class Repository(StatusHistory, OutageHistory, MaintenanceStore):
                     gone,
                 )
             result = await conn.fetch(
-                f"SELECT {_ENDPOINT_SELECT} FROM endpoints WHERE deleted_at IS NULL ORDER BY id"
+                f"SELECT {_ENDPOINT_SELECT}, name FROM endpoints "
+                "WHERE deleted_at IS NULL ORDER BY id"
             )
         log.info(
             "endpoints_synced",
@@ -164,7 +165,14 @@ class Repository(StatusHistory, OutageHistory, MaintenanceStore):
             deactivated=len(gone),
             total=len(result),
         )
-        return [_endpoint(row) for row in result]
+        # a config endpoint's stored spec is now exactly `wanted`'s: keep that object rather
+        # than validate the JSON again (at 10,000 endpoints: ~15 MB and ~1 s of start-up)
+        return [
+            Endpoint(id=row["id"], spec=wanted[row["name"]], source=EndpointSource.CONFIG)
+            if row["source"] == EndpointSource.CONFIG.value and row["name"] in wanted
+            else _endpoint(row)
+            for row in result
+        ]
 
     @storage_errors
     async def list_endpoints(self, include_inactive: bool = True) -> list[Endpoint]:
