@@ -309,6 +309,7 @@ async def _start_api(stack: AsyncExitStack, daemon: Daemon) -> int:
             max_body_bytes=api.max_body_bytes,
             read_token_required=api.read_token_required,
             readiness=lambda: readiness(daemon),
+            public_status_page=api.public_status_page,
         )
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

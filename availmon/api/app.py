@@ -30,6 +30,8 @@ log = get_logger("availmon.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# browser forms of the status page: they check the token themselves (web/access.py)
+FORM_PATHS = frozenset({"/login", "/logout"})
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class ApiDeps:
     read_token_required: bool = False
     # () -> (ready, facts): scheduler running, results reaching PostgreSQL, backlogs
     readiness: Callable[[], tuple[bool, dict[str, Any]]] | None = None
+    # the status page and badges open to all, without URLs and error details (see web/access)
+    public_status_page: bool = False
 
 
 DEPS: web.AppKey[ApiDeps] = web.AppKey("deps", ApiDeps)
@@ -87,7 +91,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     deps = request.app[DEPS]
     token = deps.token
-    protected = request.method in WRITE_METHODS or (
+    protected = (request.method in WRITE_METHODS and request.path not in FORM_PATHS) or (
         deps.read_token_required and request.path.startswith("/api/")
     )
     if token and protected:
@@ -150,10 +154,12 @@ async def read_json(request: web.Request) -> Any:
 
 def create_app(deps: ApiDeps) -> web.Application:
     from availmon.api import handlers
+    from availmon.web import add_web_routes
 
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware], client_max_size=deps.max_body_bytes
     )
     app[DEPS] = deps
     handlers.add_routes(app)
+    add_web_routes(app)  # status page, badges, static files: not part of the JSON API
     return app
