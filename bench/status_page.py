@@ -100,7 +100,7 @@ async def _measure(args: argparse.Namespace, dsn: str, tmp: Path) -> dict[str, A
             result[f"{name}_cold_s"] = round(cold, 3)
         result["phases_ms"] = await _phases(daemon)
         if args.screenshot:
-            await screenshot(base + "/", Path(args.screenshot), args.width, args.height)
+            await screenshot(base + args.path, Path(args.screenshot), args.width, args.height)
             result["screenshot"] = args.screenshot
     return result
 
@@ -140,7 +140,7 @@ async def _phases(daemon: Any) -> dict[str, float]:
         html = env.get_template("index.html").render(
             viewer=Viewer(operator=False, details=True, can_login=False), now=now,
             board=board, filters=board.filters, notice=None,
-            outage_banners=b.outage_banners(outages, current), max_outage_banners=10,
+            outage_banners=b.outage_banners(outages, current), max_outage_banners=5,
             maintenance_banners=[], refresh=60,
         )  # fmt: skip
         t = took("render", t)
@@ -175,7 +175,8 @@ if __name__ == "__main__":
     parser.add_argument("--endpoints", type=int, default=10_000)
     parser.add_argument("--demo", action="store_true", help="the 36-endpoint demo fleet")
     parser.add_argument("--requests", type=int, default=5, help="warm requests after the first")
-    parser.add_argument("--screenshot", help="save a PNG of / here")
+    parser.add_argument("--screenshot", help="save a PNG of the page at --path here")
+    parser.add_argument("--path", default="/", help="e.g. /endpoints/1 or /?status=UP")
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=1500)
     print(json.dumps(asyncio.run(main(parser.parse_args()))))  # noqa: T201

@@ -26,7 +26,7 @@ FAILING = frozenset({"DOWN", "DEGRADED", "UNKNOWN"})
 RANK = {Severity.CRITICAL: 0, Severity.HIGH: 1, Severity.MEDIUM: 2, Severity.LOW: 3}
 PER_PAGE = 50
 OPEN_LIMIT = 100
-MAX_OUTAGE_BANNERS = 10
+MAX_OUTAGE_BANNERS = 5
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
