@@ -9,7 +9,7 @@ SYSCONFDIR ?= /etc/availmon
 UNITDIR ?= /etc/systemd/system
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test lint typecheck unit install bench clean venv
+.PHONY: run test test-deps lint typecheck unit install bench clean venv
 
 venv: $(STAMP)
 
@@ -28,7 +28,20 @@ lint: venv
 	$(BIN)/ruff format --check availmon tests bench
 	$(BIN)/mypy
 
-test: lint
+# what the suite needs from Debian: a redis-server of its own (tests/redisserver.py) and
+# headless Chromium (the status page test); installed when missing, which needs root
+TEST_DEBS := redis-server:redis-server chromium:chromium
+
+test-deps:
+	@missing=""; for pair in $(TEST_DEBS); do \
+		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing; \
+	fi
+
+test: test-deps lint
 	$(BIN)/pytest -q
 
 # the load benchmark (see bench/run.py); e.g. make bench BENCH_ARGS="--http 20000"

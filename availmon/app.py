@@ -361,6 +361,7 @@ async def _start_api(stack: AsyncExitStack, daemon: Daemon) -> int:
             read_token_required=api.read_token_required,
             readiness=lambda: readiness(daemon),
             metrics=metrics.render,
+            public_status_page=api.public_status_page,
         )
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -65,6 +65,11 @@ class ApiSettings(Section):
         default=False,
         description="GETs under /api/ need the token too (/healthz and /readyz stay open)",
     )
+    public_status_page: bool = Field(
+        default=False,
+        description="The status page (/) and badges open to anyone, without URLs or error "
+        "details; with the token (login form or bearer header) operators see everything",
+    )
 
     @model_validator(mode="after")
     def _read_protection_needs_a_token(self) -> ApiSettings:

@@ -376,6 +376,19 @@ class MaintenanceCalendar:
                 best = occurrence
         return best
 
+    def occurrences(self, start: datetime, end: datetime, per_window: int = 20) -> list[Occurrence]:
+        """Occurrences of every active window that overlap [start, end), soonest first (at
+        most `per_window` of each: a `*/5 * * * *` window must not list 2,000 entries)."""
+        found: list[Occurrence] = []
+        for _, clock in sorted(self._clocks.items()):
+            occurrence = clock.at(start) or clock.next_occurrence(start)
+            for _ in range(per_window):
+                if occurrence is None or occurrence.start >= end:
+                    break
+                found.append(occurrence)
+                occurrence = clock.next_occurrence(occurrence.start)
+        return sorted(found, key=lambda o: (o.start, o.window.id))
+
 
 def window_input(window: MaintenanceWindow) -> dict[str, Any]:
     """A stored window as WindowInput fields (what a PATCH is merged into)."""

@@ -10,6 +10,7 @@ Validation errors are `ValidationFailed` with the same field errors the HTTP API
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -18,11 +19,13 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from availmon.charts import ChartService
 from availmon.errors import Conflict, FieldError, NotFound, ValidationFailed, field_errors
 from availmon.maintenance import (
     MaintenanceCalendar,
     MaintenanceStatus,
     MaintenanceWindow,
+    Occurrence,
     WindowInput,
     window_input,
 )
@@ -38,7 +41,13 @@ from availmon.model import (
 )
 from availmon.runner import Monitor, Watched
 from availmon.scheduler import CheckScheduler
-from availmon.status_view import StatusView, endpoint_status
+from availmon.status_view import (
+    EndpointNow,
+    NowView,
+    StatusView,
+    endpoint_now,
+    endpoint_status,
+)
 from availmon.store import Repository
 from availmon.store.outages import OutageRecord
 from availmon.store.rollups import UptimeReader
@@ -89,6 +98,7 @@ class AvailabilityService:
         self._repo = repo
         self._fleet = fleet
         self.maintenance = maintenance or MaintenanceService(repo, MaintenanceCalendar())
+        self.charts = ChartService(repo)  # the status page's daily bars and response series
 
     async def create_endpoint(self, data: dict[str, Any] | BaseModel) -> Endpoint:
         spec = validate_endpoint(data)
@@ -117,6 +127,21 @@ class AvailabilityService:
 
     async def get_endpoint(self, endpoint_id: int) -> Endpoint:
         return await self._repo.get_endpoint(endpoint_id)
+
+    async def find_endpoint(self, ref: str) -> Endpoint:
+        """By id, or by name when no endpoint has that id; NotFound when neither matches or
+        when the digits are one endpoint's id and another one's name."""
+        by_id = None
+        if ref.isascii() and ref.isdigit() and len(ref) < 20 and 0 < int(ref) < 2**63:
+            with contextlib.suppress(NotFound):
+                by_id = await self._repo.get_endpoint(int(ref))
+        by_name = await self._repo.get_endpoint_by_name(ref)
+        if by_id is not None and by_name is not None and by_id.id != by_name.id:
+            raise NotFound(f"{ref!r} is one endpoint's id and another one's name; use an id")
+        found = by_id or by_name
+        if found is None:
+            raise NotFound(f"no endpoint has the id or name {ref!r}")
+        return found
 
     async def list_endpoints(self, include_inactive: bool = True) -> list[Endpoint]:
         return await self._repo.list_endpoints(include_inactive=include_inactive)
@@ -201,6 +226,8 @@ class ServiceAvailabilityCollector:
         self.extra_status: dict[str, Callable[[], dict[str, Any]]] = {}
         self._view = StatusView()
         monitor.add_change_listener(self._view.changed)
+        self._now = NowView()
+        monitor.add_change_listener(self._now.changed)
 
     async def collect_all_services(self) -> list[tuple[Endpoint, ProbeResult]]:
         """Check every active endpoint now, concurrently (under the global limit)."""
@@ -213,6 +240,16 @@ class ServiceAvailabilityCollector:
             (w.machine.state.status or Status.UNKNOWN).value for w in self._monitor.all()
         )
         return {status.value: counts.get(status.value, 0) for status in Status}
+
+    def snapshot(self) -> list[EndpointNow]:
+        """Every watched endpoint's current state, typed, in no particular order."""
+        return self._now.snapshot(self._monitor.all(), self._monitor.generation)
+
+    def current(self, endpoint_id: int) -> EndpointNow | None:
+        """One endpoint's current state; None when it is not watched (inactive)."""
+        if endpoint_id not in self._monitor:
+            return None
+        return endpoint_now(self._monitor.get(endpoint_id))
 
     def summary(self) -> dict[str, Any]:
         """Counts per status, then every watched endpoint's current state."""
@@ -334,6 +371,10 @@ class MaintenanceService:
         current = self.calendar.match(endpoint.id, tags, at)
         upcoming = self.calendar.next_occurrence(endpoint.id, tags, at)
         return MaintenanceStatus(endpoint.id, at, current, upcoming)
+
+    def occurrences(self, start: datetime, end: datetime) -> list[Occurrence]:
+        """Window occurrences overlapping [start, end), soonest first (running ones first)."""
+        return self.calendar.occurrences(start, end)
 
     async def list_windows(self) -> list[MaintenanceWindow]:
         return await self._repo.list_windows()

@@ -40,6 +40,10 @@ def read_protected(path: str) -> bool:
     return path.startswith("/api/") or path == METRICS_PATH
 
 
+# browser forms of the status page: they check the token themselves (web/access.py)
+FORM_PATHS = frozenset({"/login", "/logout"})
+
+
 @dataclass(frozen=True)
 class ApiDeps:
     availability: AvailabilityService
@@ -53,6 +57,8 @@ class ApiDeps:
     readiness: Callable[[], tuple[bool, dict[str, Any]]] | None = None
     # () -> the Prometheus text format 0.0.4, served at GET /metrics (no route without it)
     metrics: Callable[[], Awaitable[bytes]] | None = None
+    # the status page and badges open to all, without URLs and error details (see web/access)
+    public_status_page: bool = False
 
 
 DEPS: web.AppKey[ApiDeps] = web.AppKey("deps", ApiDeps)
@@ -97,7 +103,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     deps = request.app[DEPS]
     token = deps.token
-    protected = request.method in WRITE_METHODS or (
+    protected = (request.method in WRITE_METHODS and request.path not in FORM_PATHS) or (
         deps.read_token_required and read_protected(request.path)
     )
     if token and protected:
@@ -160,10 +166,12 @@ async def read_json(request: web.Request) -> Any:
 
 def create_app(deps: ApiDeps) -> web.Application:
     from availmon.api import handlers
+    from availmon.web import add_web_routes
 
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware], client_max_size=deps.max_body_bytes
     )
     app[DEPS] = deps
     handlers.add_routes(app)
+    add_web_routes(app)  # status page, badges, static files: not part of the JSON API
     return app

@@ -345,7 +345,7 @@ def build_document(app: web.Application) -> JsonSchema:
             continue
         info = route.resource.get_info() if route.resource is not None else {}
         path = info.get("path") or info.get("formatter")
-        if path is None:
+        if path is None or (route.name or "").startswith("web."):  # pages and badges: not JSON
             continue
         params = [p.split("}")[0] for p in path.split("{")[1:]]
         protected = bool(deps.token) and (

@@ -1,5 +1,6 @@
 """PostgreSQL repository: endpoints, status history (store/statuses.py), outages
-(store/outages.py) and maintenance windows (store/maintenance.py) over one asyncpg pool.
+(store/outages.py), maintenance windows (store/maintenance.py) and the status page's chart
+queries (store/charts.py) over one asyncpg pool.
 
 All SQL takes its values as parameters; the only text put into SQL is fixed column lists and
 partition names built from `date` objects. Database failures surface as StorageError (the
@@ -22,6 +23,7 @@ from availmon.model import (
     Endpoint,
     EndpointSource,
 )
+from availmon.store.charts import ChartQueries
 from availmon.store.maintenance import MaintenanceStore
 from availmon.store.outages import OutageHistory
 from availmon.store.pg import init_connection, redact_dsn, storage_errors
@@ -68,7 +70,7 @@ def _name_taken(name: str) -> Conflict:
     return Conflict(f"name: an endpoint named {name!r} already exists")
 
 
-class Repository(StatusHistory, OutageHistory, MaintenanceStore):
+class Repository(StatusHistory, OutageHistory, MaintenanceStore, ChartQueries):
     """Everything the daemon stores, over one asyncpg pool (see `connect`)."""
 
     def __init__(self, pool: Any) -> None:

@@ -65,6 +65,25 @@ def test_make_install_into_destdir(tmp_path: Path):
     # the migrations ship inside the installed package, not read from this checkout
     assert str(dest / "opt/availmon/lib") in proc.stdout
     assert "0001_init.sql" in proc.stdout and "0002_endpoint_state.sql" in proc.stdout
+    # so do the status page's templates and static files: the installed app renders the page
+    page = (
+        "import asyncio, availmon.web as w; from aiohttp import web; "
+        "app = web.Application(); w.add_web_routes(app); "
+        "print(w.__file__, sorted(p.name for p in w.STATIC_DIR.iterdir())); "
+        "env = app[w.page.TEMPLATES]; print(env.get_template('login.html').render("
+        "viewer=None, now=None, next_path='/', failed=False)[:15])"
+    )
+    proc = subprocess.run(
+        [str(python), "-c", page],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert str(dest / "opt/availmon/lib") in proc.stdout
+    assert "['page.js', 'style.css']" in proc.stdout and "<!doctype html>" in proc.stdout
     # an existing config is kept
     config.write_text("# mine\n")
     proc = subprocess.run(

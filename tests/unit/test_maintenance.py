@@ -173,6 +173,30 @@ def test_tag_global_and_endpoint_windows_in_a_calendar():
     assert calendar.match(5, ["web"], at).window.id == 2  # type: ignore[union-attr]
 
 
+def test_occurrences_in_a_range_running_now_and_upcoming_soonest_first():
+    calendar = MaintenanceCalendar(
+        [
+            window(1, all=True, start_time="2026-01-01T09:00:00Z", end_time="2026-01-01T11:00:00Z"),
+            window(2, tags=["db"], cron="0 3 * * *", duration="1h", timezone="UTC"),
+            window(3, all=True, start_time="2026-01-20T00:00:00Z", end_time="2026-01-21T00:00:00Z"),
+            window(4, all=True, is_active=False, cron="0 * * * *", duration="5m", timezone="UTC"),
+            window(5, all=True, cron="*/5 * * * *", duration="1m", timezone="UTC"),
+        ]
+    )
+    found = calendar.occurrences(z(2026, 1, 1, 10), z(2026, 1, 4, 10))
+    five = [o for o in found if o.window.id == 5]
+    assert len(five) == 20  # capped per window
+    assert [(o.window.id, o.start, o.end) for o in found if o.window.id != 5] == [
+        (1, z(2026, 1, 1, 9), z(2026, 1, 1, 11)),  # running at the start of the range
+        (2, z(2026, 1, 2, 3), z(2026, 1, 2, 4)),
+        (2, z(2026, 1, 3, 3), z(2026, 1, 3, 4)),
+        (2, z(2026, 1, 4, 3), z(2026, 1, 4, 4)),
+    ]
+    assert calendar.occurrences(z(2026, 1, 1, 3, 30), z(2026, 1, 1, 3, 31), per_window=3)[0] == (
+        calendar.match(1, ["db"], z(2026, 1, 1, 3, 30))
+    )
+
+
 def test_a_thousand_endpoints_checking_every_second_cost_microseconds():
     calendar = MaintenanceCalendar(
         [
