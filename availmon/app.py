@@ -113,7 +113,7 @@ async def restore_state(repo: Repository, monitor: Monitor, endpoints: list[Endp
     if not active:
         return
     depth = max(max(e.spec.failure_threshold, e.spec.recovery_threshold) for e in active) + 1
-    recent = await repo.recent_statuses([e.id for e in active], depth)
+    recent = await repo.recent_statuses([e.id for e in active], depth, all_details=False)
     since = await repo.status_since()
     for endpoint in active:
         outage = open_by_endpoint.get(endpoint.id)

@@ -21,6 +21,9 @@ STATUS_COLUMNS = (
     "response_time_ms", "error", "attempts", "details",
 )  # fmt: skip
 _STATUS_SELECT = ", ".join(STATUS_COLUMNS)
+_STATUS_SELECT_MAINTENANCE_DETAILS = _STATUS_SELECT.replace(
+    "details", "CASE WHEN status = 'MAINTENANCE' THEN details ELSE '{}'::jsonb END AS details"
+)
 _PARTITION_NAME = re.compile(r"^statuses_(\d{8})$")
 _INSERT_STATUS_IGNORING_DUPLICATES = (
     f"INSERT INTO statuses ({_STATUS_SELECT}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
@@ -176,12 +179,16 @@ class StatusHistory:
 
     @storage_errors
     async def recent_statuses(
-        self, endpoint_ids: Sequence[int], per_endpoint: int
+        self, endpoint_ids: Sequence[int], per_endpoint: int, *, all_details: bool = True
     ) -> dict[int, list[StatusRow]]:
-        """The last `per_endpoint` rows of each endpoint, newest first (every id is a key)."""
+        """The last `per_endpoint` rows of each endpoint, newest first (every id is a key).
+
+        all_details=False: `details` only of MAINTENANCE rows (they hold the raw status), {}
+        for the rest; decoding every row's jsonb was 0.6 s of a 10,000-endpoint start-up."""
+        select = _STATUS_SELECT if all_details else _STATUS_SELECT_MAINTENANCE_DETAILS
         rows = await self._pool.fetch(
             f"SELECT s.* FROM unnest($1::bigint[]) AS e(id) CROSS JOIN LATERAL ("
-            f"  SELECT {_STATUS_SELECT} FROM statuses WHERE endpoint_id = e.id"
+            f"  SELECT {select} FROM statuses WHERE endpoint_id = e.id"
             "   ORDER BY checked_at DESC LIMIT $2"
             ") AS s ORDER BY s.endpoint_id, s.checked_at DESC",
             list(dict.fromkeys(endpoint_ids)),
