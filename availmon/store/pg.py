@@ -44,11 +44,15 @@ def is_bad_data(exc: BaseException) -> bool:
     )
 
 
+# one encoder for every row: json.dumps() with arguments builds a new JSONEncoder per call
+_JSONB_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
 def _encode_jsonb(value: Any) -> bytes:
     # Binary jsonb is a version byte (1) then the JSON text; binary COPY needs this format.
     # default=str: a probe detail that is not JSON (a datetime, an exception) is kept as text
     # instead of making the whole batch unwritable.
-    return b"\x01" + json.dumps(value, separators=(",", ":"), default=str).encode()
+    return b"\x01" + _JSONB_ENCODER.encode(value).encode()
 
 
 def _decode_jsonb(data: bytes) -> Any:
