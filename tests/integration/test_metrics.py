@@ -13,13 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from availmon.app import Daemon, build_daemon
 from availmon.config import Settings
+from tests.promtext import Samples, parse, value
 
 from .test_daemon import Target, db_rows, settings_for, wait_for
 
 # timeouts with room to spare on a busy machine: every check of the UP target stays UP
 FAST = {"check_interval": 0.4, "timeout": 0.35, "recheck_interval": 0.1}
 TOKEN = "metrics-token-0d3c"
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture
@@ -49,15 +49,7 @@ async def samples_of(daemon: Daemon) -> Samples:
     status, text, headers = await scrape(daemon)
     assert status == 200, text
     assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
+    return parse(text)
 
 
 async def test_metrics_after_checks_of_an_up_http_and_a_down_tcp_endpoint(

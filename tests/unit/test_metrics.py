@@ -6,7 +6,6 @@ import math
 from datetime import UTC, datetime
 
 from prometheus_client.exposition import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from availmon.clock import SystemClock
 from availmon.looplag import LoopLagMonitor
@@ -17,29 +16,13 @@ from availmon.runner import Monitor, Watched
 from availmon.scheduler import CheckScheduler
 from availmon.state import RAW_STATUS_KEY
 from availmon.store.writer import WriterStats
+from tests.promtext import Samples, parse, series, value
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 STATS = WriterStats(
     written=7, dropped=1, rejected=0, queued=3, flushes=2, last_flush_seconds=0.25,
     last_error=None, failing=False, spooled=0, spool_backlog=4,
 )  # fmt: skip
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
-
-
-def series(samples: Samples, name: str) -> list[dict[str, str]]:
-    return [dict(labels) for n, labels in samples if n == name]
 
 
 class Fleet:
