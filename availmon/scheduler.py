@@ -43,6 +43,21 @@ class _Plan:
     generation: int
 
 
+def next_due(plan: _Plan, now: float, planned: float, failed: bool) -> float:
+    """The next start after a check planned for `planned` ended (or was skipped) at `now`.
+
+    The next slot of the endpoint's phase after both: uvloop's clock is cached per loop
+    iteration in milliseconds, so a timer can fire, and a fast check end, with `now` a little
+    before `planned`; counting slots from `now` alone then gave the same slot again, and the
+    bench saw 35 % more TCP checks than due. After a DOWN, the recheck comes sooner."""
+    reference = max(now, planned + plan.interval / 2)
+    steps = math.floor((reference - plan.anchor) / plan.interval) + 1
+    due = plan.anchor + max(steps, 1) * plan.interval
+    if failed:
+        due = min(due, now + plan.recheck)
+    return due
+
+
 def spread_offset(endpoint_id: int, interval: float) -> float:
     """A stable offset in [0, interval): consecutive ids land far apart (golden-ratio walk)."""
     return ((endpoint_id * _GOLDEN) % 1.0) * interval
@@ -166,15 +181,15 @@ class CheckScheduler:
         assert self._loop is not None
         if endpoint_id in self._running:
             self.skipped += 1
-            self._push_next(endpoint_id, plan, failed=False)
+            self._push_next(endpoint_id, plan, planned, failed=False)
             return
         self._running.add(endpoint_id)
         self.lags.append(self._loop.time() - planned)
-        task = self._loop.create_task(self._run(endpoint_id))
+        task = self._loop.create_task(self._run(endpoint_id, planned))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, endpoint_id: int) -> None:
+    async def _run(self, endpoint_id: int, planned: float) -> None:
         failed = False
         try:
             result = await self._run_check(endpoint_id)
@@ -190,14 +205,11 @@ class CheckScheduler:
             self._running.discard(endpoint_id)
         plan = self._plans.get(endpoint_id)
         if plan is not None and not self._stopping:
-            self._push_next(endpoint_id, plan, failed)
+            self._push_next(endpoint_id, plan, planned, failed)
 
-    def _push_next(self, endpoint_id: int, plan: _Plan, failed: bool) -> None:
+    def _push_next(self, endpoint_id: int, plan: _Plan, planned: float, failed: bool) -> None:
         now = self._now()
-        steps = math.floor((now - plan.anchor) / plan.interval) + 1
-        due = plan.anchor + max(steps, 1) * plan.interval
-        if failed:
-            due = min(due, now + plan.recheck)
+        due = next_due(plan, now, planned, failed)
         heapq.heappush(self._heap, (due, plan.generation, endpoint_id))
         if due <= now + self._tick_interval and self._loop is not None:
             # due before the next tick: the dispatcher would see it late

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 
 from availmon.model import ProbeResult, Reason, Status
-from availmon.scheduler import CheckScheduler, spread_offset
+from availmon.scheduler import CheckScheduler, _Plan, next_due, spread_offset
 
 
 def test_spread_offsets_cover_the_interval_evenly():
@@ -106,3 +106,22 @@ async def test_unschedule_and_stop_drain():
     assert cancelled == 0
     assert started == [1]
     assert scheduler.executed == 1
+
+
+def test_the_next_slot_is_always_after_the_planned_one():
+    plan = _Plan(interval=10.0, recheck=2.0, anchor=3.0, generation=1)
+    planned = 3.0 + 4 * 10.0  # the 5th slot: 43 s
+    # uvloop's cached millisecond clock: the check started, and ended, "before" its slot
+    assert next_due(plan, now=planned - 0.0005, planned=planned, failed=False) == 53.0
+    assert next_due(plan, now=planned + 0.004, planned=planned, failed=False) == 53.0
+    # a check that overran its interval goes to the next slot after now, keeping the phase
+    assert next_due(plan, now=planned + 12.5, planned=planned, failed=False) == 63.0
+    # after a DOWN the recheck comes first, counted from the end of the check
+    assert next_due(plan, now=planned + 0.5, planned=planned, failed=True) == planned + 2.5
+    # float slots (0.1 s intervals): never the same slot twice
+    fine = _Plan(interval=0.1, recheck=0.1, anchor=0.7, generation=1)
+    slot = 0.7
+    for _ in range(1000):
+        after = next_due(fine, now=slot - 0.0009, planned=slot, failed=False)
+        assert 0.099 < after - slot < 0.101
+        slot = after
