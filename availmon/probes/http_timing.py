@@ -1,11 +1,11 @@
 """Phase timings of one HTTP attempt: where the stamps come from, and what they add up to.
 
 The attempt puts a dict in MARKS (a context variable, so only its own task and the tasks it
-starts see it) and stamps `request_start`; the shared session's own classes stamp the rest
-(probes/base.py): its resolver `dns_resolvehost_start/end` (only when it really resolves, not
-on a cache hit), its connector `connection_create_start/end`, its response class `request_end`
-when the headers are in, and the SSLContext subclass below `tls_start` when asyncio wraps the
-connected socket. aiohttp's TraceConfig gave the same events at ~5 % of the daemon's CPU.
+starts see it) and stamps `request_start`; each hop stamps `connection_create_start` before it
+resolves a name (`dns_resolvehost_start/end`, only when it really resolves, not from its
+cache), `connection_create_end` once connected, `request_end` when the status line and headers
+are in (http_wire), `body_end`; the SSLContext subclass below stamps `tls_start` when asyncio
+wraps the connected socket.
 """
 
 from __future__ import annotations
