@@ -68,6 +68,7 @@ def day_figures(
     totals: Mapping[date, Totals],
     outages: Sequence[Outage],
     now: datetime,
+    cap: timedelta = timedelta(0),
 ) -> tuple[DayFigure, ...]:
     """One figure per day in `days` from its rollup totals and the outages of the endpoint."""
     figures = []
@@ -76,7 +77,11 @@ def day_figures(
         hi_day = lo_day + DAY
         covered_us, count, worst = 0, 0, None
         for outage in outages:
-            lo, hi = max(outage.started_at, lo_day), min(outage.ended_at or now, hi_day)
+            # an open outage runs on past `now` by the coverage the rollups already credit
+            # to the latest check (`cap`), else an endpoint DOWN all along read 14-28 %
+            # available early in its outage
+            end = outage.ended_at or now + cap
+            lo, hi = max(outage.started_at, lo_day), min(end, hi_day)
             if lo < hi:
                 covered_us += us(hi - lo)
                 count += 1
@@ -117,8 +122,10 @@ class ChartService:
         ttl: float = 60.0,
         past_ttl: float = 3600.0,
         monotonic: Callable[[], float] = time.monotonic,
+        cap_of: Callable[[int], timedelta] = lambda endpoint_id: timedelta(0),
     ) -> None:
         self._repo = repo
+        self._cap_of = cap_of  # how far past its time a check's coverage runs (rollups)
         self._ttl = ttl
         self._past_ttl = past_ttl
         self._monotonic = monotonic
@@ -195,7 +202,9 @@ class ChartService:
         outages_of: dict[int, list[Outage]] = {i: [] for i in ids}
         for outage in outages:
             outages_of[outage.endpoint_id].append(outage)
-        return {i: day_figures(days, totals[i], outages_of[i], now) for i in ids}
+        return {
+            i: day_figures(days, totals[i], outages_of[i], now, self._cap_of(i)) for i in ids
+        }
 
 
 async def _nothing() -> dict[int, tuple[DayFigure, ...]]:

@@ -234,7 +234,9 @@ def _resolve_target(args: argparse.Namespace) -> AnyEndpoint:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    configure_logging("warning", "logfmt", stream=sys.stderr)
+    # the verdict is the output (and the exit code, for Nagios); the check's own state-change
+    # lines would only be noise on stderr. Errors (a probe that crashed) still show.
+    configure_logging("error", "logfmt", stream=sys.stderr)
     try:
         spec = _resolve_target(args)
     except ConfigError as exc:

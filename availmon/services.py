@@ -98,7 +98,15 @@ class AvailabilityService:
         self._repo = repo
         self._fleet = fleet
         self.maintenance = maintenance or MaintenanceService(repo, MaintenanceCalendar())
-        self.charts = ChartService(repo)  # the status page's daily bars and response series
+        # the status page's daily bars and response series
+        self.charts = ChartService(repo, cap_of=self._coverage_cap)
+
+    def _coverage_cap(self, endpoint_id: int) -> timedelta:
+        """How far past its time a check counts in the rollups: 2 x check_interval."""
+        monitor = self._fleet.monitor
+        if endpoint_id not in monitor:
+            return timedelta(0)
+        return timedelta(seconds=2 * monitor.get(endpoint_id).endpoint.spec.check_interval)
 
     async def create_endpoint(self, data: dict[str, Any] | BaseModel) -> Endpoint:
         spec = validate_endpoint(data)

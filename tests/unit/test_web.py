@@ -55,6 +55,16 @@ def test_an_open_outage_covers_until_now():
     assert today.downtime_s == 3600 and today.availability == 1 - 1 / 12
 
 
+def test_down_all_along_reads_zero_though_the_rollups_run_past_now():
+    # DOWN since 11:00, checked every 10 s: the rollups credit the latest check 20 s past now
+    cap = timedelta(seconds=20)
+    totals = {date(2026, 3, 10): Totals(up_us=11 * H, down_us=H + cap // timedelta(microseconds=1))}
+    (today,) = day_figures(
+        [date(2026, 3, 10)], totals, [outage(z(2026, 3, 10, 11), None)], NOW, cap
+    )
+    assert today.downtime_s == 3600 + 20 and today.availability == 1 - (3620 / (12 * 3600 + 20))
+
+
 def test_words_and_numbers():
     assert pct(0.99999) == "99.99%" and pct(1.0) == "100%" and pct(None) == "no data"
     assert pct(0.91666) == "91.66%" and pct(-0.1) == "0.00%"
