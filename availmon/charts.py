@@ -202,9 +202,7 @@ class ChartService:
         outages_of: dict[int, list[Outage]] = {i: [] for i in ids}
         for outage in outages:
             outages_of[outage.endpoint_id].append(outage)
-        return {
-            i: day_figures(days, totals[i], outages_of[i], now, self._cap_of(i)) for i in ids
-        }
+        return {i: day_figures(days, totals[i], outages_of[i], now, self._cap_of(i)) for i in ids}
 
 
 async def _nothing() -> dict[int, tuple[DayFigure, ...]]:
