@@ -255,19 +255,18 @@ class HttpProbe(Probe[HttpEndpoint]):
         self, hop: _Target, method: str, body: bytes | None, ssl_context: ssl.SSLContext
     ) -> WireResponse:
         stamp("connection_create_start")
-        family, address = await self._address(hop)
+        addresses = await self._addresses(hop)
         if hop is self._first and method == self.spec.method:
             request = self._first_request  # built once: most checks are one hop
         else:
             request = self._request(hop, method, body)
         return await exchange(
-            address,
+            addresses,
             hop.port,
             request,
             WireResponse(url=hop.url),
             ssl_context=ssl_context if hop.https else None,
             server_hostname=hop.host if hop.https else None,
-            family=family,
             limit=self.spec.max_body_bytes,
             keep_body=self._pattern is not None,
             head=method == "HEAD",
@@ -291,14 +290,14 @@ class HttpProbe(Probe[HttpEndpoint]):
         lines += [f"{name}: {value}" for name, value in headers.items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + (body or b"")
 
-    async def _address(self, hop: _Target) -> tuple[int, str]:
-        """The address to connect to: an IP literal as it is, a name resolved (cached 10 s)."""
+    async def _addresses(self, hop: _Target) -> list[tuple[int, str]]:
+        """Where to connect: an IP literal as it is, a name's addresses (cached 10 s)."""
         if hop.literal is not None:
-            return hop.literal
+            return [hop.literal]
         loop = asyncio.get_running_loop()
         cached = self._resolved.get(hop.host)
         if cached is not None and cached[0] > loop.time():
-            return cached[1][0]
+            return cached[1]
         stamp("dns_resolvehost_start")
         try:
             infos = await loop.getaddrinfo(hop.host, hop.port, type=socket.SOCK_STREAM)
@@ -309,7 +308,7 @@ class HttpProbe(Probe[HttpEndpoint]):
         if not addresses:
             raise _DnsError(0, "no address")
         self._resolved[hop.host] = (loop.time() + 10.0, addresses)
-        return addresses[0]
+        return addresses
 
     def _certificate_warning(
         self, hops: list[WireResponse], now: datetime, result: ProbeResult

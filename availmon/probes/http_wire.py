@@ -12,6 +12,7 @@ hop, each on its own connection).
 from __future__ import annotations
 
 import asyncio
+import ssl
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -248,33 +249,46 @@ class _Exchange(asyncio.Protocol):
 
 
 async def exchange(
-    host: str,
+    addresses: list[tuple[int, str]],
     port: int,
     request: bytes,
     response: WireResponse,
     *,
     ssl_context: Any = None,
     server_hostname: str | None = None,
-    family: int = 0,
     limit: int,
     keep_body: bool,
     head: bool,
 ) -> WireResponse:
-    """Connect to host:port (an address), send `request`, read the response into `response`.
+    """Connect to the first of `addresses` ((family, address), in the resolver's order) that
+    accepts on `port`, send `request`, read the response into `response`.
 
-    The caller stamps connection_create_start (before it resolved the name).
-
-    Raises OSError and ssl errors from the connection, WireError for a bad answer; the
-    caller's deadline (asyncio.timeout) bounds it all and closes the connection."""
+    A name with A and AAAA records may listen on one family only: a refused or unreachable
+    address moves on to the next, as aiohttp did; a TLS failure or anything after the
+    connection is up does not (no second request). The caller stamps connection_create_start
+    (before it resolved the name). Raises OSError and ssl errors from the connection,
+    WireError for a bad answer; the caller's deadline (asyncio.timeout) bounds it all."""
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_connection(
-        lambda: _Exchange(request, response, limit, keep_body, head),
-        host=host,
-        port=port,
-        family=family,
-        ssl=ssl_context,
-        server_hostname=server_hostname if ssl_context is not None else None,
-    )
+    last: OSError | None = None
+    for family, address in addresses:
+        try:
+            transport, protocol = await loop.create_connection(
+                lambda: _Exchange(request, response, limit, keep_body, head),
+                host=address,
+                port=port,
+                family=family,
+                ssl=ssl_context,
+                server_hostname=server_hostname if ssl_context is not None else None,
+            )
+        except ssl.SSLError:
+            raise
+        except OSError as exc:
+            last = exc
+            continue
+        break
+    else:
+        assert last is not None
+        raise last
     stamp("connection_create_end")
     try:
         await protocol.done

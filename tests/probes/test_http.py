@@ -517,3 +517,37 @@ async def test_brotli_decoded_when_a_decoder_is_installed(
     else:  # never a pattern verdict on bytes nobody could decode
         assert (result.status, result.reason) == (Status.DOWN, Reason.INVALID_RESPONSE)
         assert result.error is not None and "brotli" in result.error.lower()
+
+
+async def test_a_refused_address_moves_on_to_the_next_one(base: str) -> None:
+    """A name with A and AAAA records may listen on one family only (here: IPv4 only)."""
+    import socket
+
+    from availmon.probes.http_wire import WireResponse, exchange
+
+    port = int(base.rsplit(":", 1)[1])
+    request = f"GET /ok HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n".encode()
+    response = await exchange(
+        [(socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1")],
+        port,
+        request,
+        WireResponse(url=f"http://localhost:{port}/ok"),
+        limit=1000,
+        keep_body=True,
+        head=False,
+    )
+    assert (response.status, response.body, response.peer_address) == (
+        200,
+        b"hello world",
+        "127.0.0.1",
+    )
+    with pytest.raises(ConnectionRefusedError):  # every address refused: the last error
+        await exchange(
+            [(socket.AF_INET, "127.0.0.1")],
+            1,
+            request,
+            WireResponse(url="http://127.0.0.1:1/"),
+            limit=1000,
+            keep_body=False,
+            head=False,
+        )
