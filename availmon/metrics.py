@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import generate_latest
@@ -135,6 +135,7 @@ class DaemonMetrics:
         # the latest expiry each endpoint's checks showed: kept through a failed check that
         # never reached the handshake
         self.cert_expiry: dict[int, float] = {}
+        self._duration_children: dict[tuple[str, str], Any] = {}
         self._labels = LabelCache()
         self.registry.register(self)
 
@@ -144,10 +145,11 @@ class DaemonMetrics:
         """The Monitor listener: one histogram observation, the certificate's expiry."""
         endpoint = watched.endpoint
         if watched.last_duration_s is not None:
-            protocol = endpoint.spec.protocol.value
-            self.check_duration.labels(protocol, result.status.value).observe(
-                watched.last_duration_s
-            )
+            key = (endpoint.spec.protocol.value, result.status.value)
+            child = self._duration_children.get(key)
+            if child is None:  # labels() takes a lock and builds a key: once per pair
+                child = self._duration_children[key] = self.check_duration.labels(*key)
+            child.observe(watched.last_duration_s)
         expiry = certificate_expiry(result)
         if expiry is not None:
             self.cert_expiry[endpoint.id] = expiry
