@@ -16,6 +16,7 @@ from aiohttp import web
 
 from availmon.app import GC_THRESHOLDS, Daemon, build_daemon
 from availmon.config import Settings
+from tests.loopback import serve
 
 FAST = {"check_interval": 0.4, "timeout": 0.2, "recheck_interval": 0.1}
 
@@ -47,11 +48,7 @@ class Target:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/health", self.handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve(app)
 
     async def stop(self) -> None:
         if self._runner:

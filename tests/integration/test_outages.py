@@ -14,6 +14,7 @@ from aiohttp import web
 
 from availmon.app import Daemon, build_daemon
 from availmon.config import Settings
+from tests.loopback import serve
 
 from .test_daemon import db_rows, wait_for
 
@@ -39,11 +40,7 @@ class Switch:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/", self.handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve(app)
 
     async def stop(self) -> None:
         if self._runner:

@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 
 from availmon.app import build_daemon
 from availmon.config import Settings
+from tests.loopback import serve
 from tests.redisserver import RedisServer
 from tests.redisserver import redis_server as redis_server  # the fixture
 
@@ -48,11 +49,7 @@ class Target:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/{name}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve(app)
 
     async def stop(self) -> None:
         if self._runner:

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from availmon.store import EmbeddedPostgres
+from tests.loopback import serve
 
 ROOT = Path(__file__).parents[2]
 INTERVAL = 0.3
@@ -36,11 +37,7 @@ class Counter:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/{name}", self.handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, self.port = await serve(app)
 
 
 @pytest.fixture
