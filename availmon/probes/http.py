@@ -159,8 +159,6 @@ class HttpProbe(Probe[HttpEndpoint]):
             self._first = _Target.parse(spec.url)  # parsed once: most checks have one hop
         except _BadUrl as exc:
             self._config_error = f"invalid URL: {exc}"
-        self._host = self._first.host if not self._config_error else ""
-        self._target = _host_port(self._first.host, self._first.port) if self._host else ""
         self._ssl: ssl.SSLContext | None = None
         try:
             self._ssl = tls.client_context(spec.verify_tls, spec.ca_file, TimedSSLContext)
@@ -183,7 +181,7 @@ class HttpProbe(Probe[HttpEndpoint]):
         history: list[WireResponse] = []
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._follow(self._ssl, history, started)
+                return await self._follow(self._ssl, history, marks)
         except _HANDLED as exc:
             result, error = self._failure(exc, marks, timeout, history), exc
         finally:
@@ -212,7 +210,7 @@ class HttpProbe(Probe[HttpEndpoint]):
         return down(reason, tls.date_message(reason, peer, now), None, details)
 
     async def _follow(
-        self, ssl_context: ssl.SSLContext, history: list[WireResponse], started: float
+        self, ssl_context: ssl.SSLContext, history: list[WireResponse], marks: dict[str, float]
     ) -> ProbeResult:
         spec = self.spec
         method, body = spec.method, self._body
@@ -229,7 +227,7 @@ class HttpProbe(Probe[HttpEndpoint]):
             ):
                 method, body = "GET", None  # as browsers (and aiohttp) do
             self._hop = _Target.parse(urljoin(response.url, location))
-        response_time_ms = elapsed_ms(started)
+        response_time_ms = elapsed_ms(marks["request_start"])
         now = tls.now_utc()
         details: dict[str, Any] = {
             "status_code": response.status,
@@ -243,8 +241,7 @@ class HttpProbe(Probe[HttpEndpoint]):
             details["resolved_address"] = response.peer_address
         if response.tls_peer is not None:
             details["tls"] = tls.describe(response.tls_peer, now)
-        marks = MARKS.get()
-        if marks and (timings := phases(marks)):
+        if timings := phases(marks):
             details["phases_ms"] = timings
         result = self._judge(response, response_time_ms, details)
         if result.status is Status.DOWN:
