@@ -194,6 +194,8 @@ async def build_daemon(settings: Settings, clock: Clock | None = None) -> AsyncI
             deliverer=deliverer,
         )
         daemon.maintenance = daemon.availability.maintenance
+        daemon.collector.start()
+        stack.push_async_callback(daemon.collector.stop)
         await attach_side_outputs(stack, daemon)
         if settings.api.enabled:
             daemon.api_port = await _start_api(stack, daemon)

@@ -236,6 +236,21 @@ class ServiceAvailabilityCollector:
         monitor.add_change_listener(self._view.changed)
         self._now = NowView()
         monitor.add_change_listener(self._now.changed)
+        self._refresher: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Keep the status summary current in the background (StatusView.keep_current)."""
+        monitor = self._monitor
+        self._refresher = asyncio.get_running_loop().create_task(
+            self._view.keep_current(lambda: (monitor.all(), monitor.generation)),
+            name="status-view",
+        )
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None
 
     async def collect_all_services(self) -> list[tuple[Endpoint, ProbeResult]]:
         """Check every active endpoint now, concurrently (under the global limit)."""

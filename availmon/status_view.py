@@ -10,8 +10,11 @@ at 10,000 endpoints (measured), hence the monitor's change listener.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -20,6 +23,9 @@ from availmon.model import Severity, Status
 
 if TYPE_CHECKING:
     from availmon.runner import Watched
+
+REFRESH_S = 1.0
+SLICE = 1_000  # fragments built between two turns of the loop (~3-5 ms, measured)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +114,53 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+_quote = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str (C)
+
+
+def _dynamic_json(w: Watched) -> bytes:
+    """`_dumps(_dynamic(w))[1:]`, written out: this runs after every check that someone may
+    read, and building the dict and encoding it cost ~11 us an endpoint (measured; 110 ms for
+    10,000 at once). A unit test holds the two byte for byte."""
+    state = w.machine.state
+    last = w.last_result
+    status = state.status
+    outage = "null"
+    if state.outage_open:
+        severity = state.outage_severity
+        outage = (
+            f'{{"id":{_number(w.outage_id)},'
+            f'"severity":{_quote(severity.value) if severity else "null"},'
+            f'"started_at":{_iso_json(state.outage_started_at)}}}'
+        )
+    if last is None:
+        tail = '"response_time_ms":null,"reason":null,"error":null'
+    else:
+        error = last.error
+        tail = (
+            f'"response_time_ms":{_number(last.response_time_ms)},'
+            f'"reason":{_quote(last.reason.value)},'
+            f'"error":{"null" if error is None else _quote(error)}'
+        )
+    return (
+        f'"status":{_quote(status.value) if status else "null"},'
+        f'"since":{_iso_json(state.status_since)},'
+        f'"last_check_at":{_iso_json(state.last_check_at)},'
+        f'{tail},"open_outage":{outage}}}'
+    ).encode()
+
+
+def _iso_json(value: datetime | None) -> str:
+    return f'"{value.isoformat()}"' if value else "null"
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float) and not math.isfinite(value):
+        return _ENCODER.encode(value)  # NaN / Infinity, as json.dumps writes them
+    return repr(value)
+
+
 def _status_name(w: Watched) -> str:
     status = w.machine.state.status
     return status.value if status else Status.UNKNOWN.value
@@ -138,33 +191,74 @@ class StatusView:
         status); `generation` is Monitor.generation, `watched` its endpoints."""
         if generation != self._generation:
             self._rebuild(watched, generation)
-        elif self._dirty:
-            for endpoint_id in self._dirty:
-                position = self._position.get(endpoint_id)
-                if position is not None:
-                    self._refresh(position)
-            self._body = None
-        self._dirty.clear()
+            self._dirty.clear()
+        else:
+            self._apply_changes()
         if self._body is None:
             self._body = b"[" + b",".join(self._parts) + b"]"
         return self._body, self._counts
 
+    async def keep_current(
+        self, source: Callable[[], tuple[list[Watched], int]], period_s: float = REFRESH_S
+    ) -> None:
+        """Between requests, every `period_s`: rebuild after the set changed (in slices, the
+        loop runs checks in between) and refresh what changed, so a request finds at most one
+        period of changes to apply. Without it the first request after a quiet spell redid
+        every fragment at once (110 ms at 10,000 endpoints, measured): the API's p99."""
+        while True:
+            await asyncio.sleep(period_s)
+            watched, generation = source()
+            if generation != self._generation:
+                await self._rebuild_in_slices(watched, generation)
+            else:
+                self._apply_changes()
+
+    def _apply_changes(self) -> None:
+        if not self._dirty:
+            return
+        for endpoint_id in self._dirty:
+            position = self._position.get(endpoint_id)
+            if position is not None:
+                self._refresh(position)
+        self._dirty.clear()
+        self._body = None
+
+    async def _rebuild_in_slices(self, watched: list[Watched], generation: int) -> None:
+        order = sorted(watched, key=_name)
+        prefixes: list[bytes] = []
+        parts: list[bytes] = []
+        for start in range(0, len(order), SLICE):
+            for w in order[start : start + SLICE]:
+                prefix = _dumps(_static(w))[:-1] + b","
+                prefixes.append(prefix)
+                parts.append(prefix + _dynamic_json(w))
+            await asyncio.sleep(0)
+        if self._generation >= generation:
+            return  # a request rebuilt it meanwhile, from newer state
+        # endpoints that changed while this was built are still in _dirty: applied next time
+        self._install(order, prefixes, parts, generation)
+
     def _rebuild(self, watched: list[Watched], generation: int) -> None:
-        self._order = sorted(watched, key=_name)
-        self._position = {w.endpoint.id: i for i, w in enumerate(self._order)}
-        self._prefixes = [_dumps(_static(w))[:-1] + b"," for w in self._order]
-        self._parts = [
-            prefix + _dumps(_dynamic(w))[1:]
-            for prefix, w in zip(self._prefixes, self._order, strict=True)
-        ]
-        self._statuses = [_status_name(w) for w in self._order]
+        order = sorted(watched, key=_name)
+        prefixes = [_dumps(_static(w))[:-1] + b"," for w in order]
+        parts = [prefix + _dynamic_json(w) for prefix, w in zip(prefixes, order, strict=True)]
+        self._install(order, prefixes, parts, generation)
+
+    def _install(
+        self, order: list[Watched], prefixes: list[bytes], parts: list[bytes], generation: int
+    ) -> None:
+        self._order = order
+        self._position = {w.endpoint.id: i for i, w in enumerate(order)}
+        self._prefixes = prefixes
+        self._parts = parts
+        self._statuses = [_status_name(w) for w in order]
         self._counts = Counter(self._statuses)
         self._generation = generation
         self._body = None
 
     def _refresh(self, position: int) -> None:
         w = self._order[position]
-        self._parts[position] = self._prefixes[position] + _dumps(_dynamic(w))[1:]
+        self._parts[position] = self._prefixes[position] + _dynamic_json(w)
         status = _status_name(w)
         previous = self._statuses[position]
         if status != previous:

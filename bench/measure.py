@@ -315,3 +315,23 @@ def _short(file: str) -> str:
         if marker in file:
             return file.split(marker, 1)[1]
     return file
+
+
+def stall_summary(path: Path, results: Path) -> dict[str, Any]:
+    """bench/stalltrace.py's report, kept whole under results/, summed up for the result line."""
+    if not path.exists():
+        return {"error": "stalltrace wrote no report"}
+    report = json.loads(path.read_text())
+    saved = results / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.stalls.json"
+    results.mkdir(exist_ok=True)
+    path.replace(saved)
+    longest = [
+        {"ms": s["ms"], "top": s["stacks"][0]["stack"][:4] if s["stacks"] else []}
+        for s in report["longest"][:5]
+    ]
+    return {
+        "file": str(saved.relative_to(results.parent.parent)),
+        "count": report["stalls"],
+        "stalled_ms": report["stalled_ms"],
+        "longest": longest,
+    }

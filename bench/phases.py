@@ -198,6 +198,9 @@ async def daemon_phase(
     spawned = time.time()
     with log_path.open("w") as log_file:
         argv = [sys.executable, "-m", "availmon", "--config", str(config), "run"]
+        stalls = ctx.tmp / f"{name}.stalls.json"
+        if ctx.args.stalls:
+            argv[1:3] = [str(BENCH / "stalltrace.py"), str(stalls)]
         child = ctx.children.spawn(
             label, argv, stdout=log_file, stop_timeout=40.0, env=_daemon_env()
         )
@@ -224,6 +227,8 @@ async def daemon_phase(
         metrics |= await measure.outage_detection(dsn, names, down_at, bound)
     metrics["first_check_s"] = await _first_check_s(dsn, spawned)
     metrics |= measure.log_summary(log_path)
+    if ctx.args.stalls:
+        metrics["stalls"] = measure.stall_summary(stalls, BENCH / "results")
     await _admin(ctx, f'DROP DATABASE "{name}" WITH (FORCE)')
     return metrics
 

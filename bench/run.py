@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py [--http N] [--tcp N] [--udp N] [--dns N] [--interval S]
                                   [--duration S] [--warmup S] [--dsn DSN]
-                                  [--compare blackbox] [--profile]
+                                  [--compare blackbox] [--profile] [--stalls]
 
 Default: 10,000 HTTP endpoints at a 10 s interval, measured for 60 s after a 15 s warm-up.
 Starts the farm (bench/farm.py, its own processes), PostgreSQL (embedded in a temp dir, with
@@ -17,6 +17,8 @@ the window and records when; detection latency is that time to each outage row's
 against the same targets at the same rate, for HTTP (http_2xx) and TCP (tcp_connect), each
 protocol alone with availmon too, and prints both CPU costs per 1,000 checks side by side.
 `--profile` records the daemon with py-spy during the window (top functions in the result).
+`--stalls` runs the daemon under bench/stalltrace.py, which records the stacks that held the
+event loop for 40 ms or more (the longest, and the functions most seen, in the result).
 
 The line goes to stdout and, with the revision and flags, to bench/results/. Everything it
 started is stopped on exit, on errors and on Ctrl-C; every wait is bounded.
@@ -71,6 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compare", choices=["blackbox"], help="also run this prober")
     parser.add_argument("--compare-endpoints", type=int, help="per protocol (default: N)")
     parser.add_argument("--profile", action="store_true", help="py-spy the daemon's window")
+    parser.add_argument("--stalls", action="store_true", help="record loop stalls (stalltrace.py)")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     args = parser.parse_args(argv)
     if args.timeout is None:

@@ -47,3 +47,59 @@ async def test_fragments_match_a_fresh_build_and_follow_changes():
     monitor.unwatch(7)
     decoded = json.loads(collector.summary_json())
     assert decoded["total"] == 299 and all(e["id"] != 7 for e in decoded["endpoints"])
+
+
+def test_the_written_out_fragment_is_byte_for_byte_the_encoded_dict():
+    from availmon.model import Severity
+    from availmon.status_view import _dumps, _dynamic, _dynamic_json
+
+    monitor, _, _ = fleet(6)
+    never, up, down, odd, opened, nan = (monitor.get(i) for i in range(1, 7))
+    never.last_result = None
+    never.machine = type(never.machine)(never.machine.thresholds)  # not checked yet
+    up.last_result = ProbeResult(Status.UP, Reason.OK, 12.25)
+    down.last_result = ProbeResult(Status.DOWN, Reason.REFUSED, None, 'refused "quoted" \\ é ☃\n')
+    odd.last_result = ProbeResult(Status.DEGRADED, Reason.SLOW, 900)  # an int of ms
+    for _ in range(3):
+        opened.machine.observe(Status.DOWN, T0, "timeout", "no answer")
+    opened.outage_id = 41
+    opened.last_result = ProbeResult(Status.DOWN, Reason.TIMEOUT, None, "no answer")
+    state = opened.machine.state
+    assert state.outage_open and state.outage_severity is Severity.HIGH
+    nan.last_result = ProbeResult(Status.UP, Reason.OK, float("nan"))
+    for w in (never, up, down, odd, opened, nan):
+        assert _dynamic_json(w) == _dumps(_dynamic(w))[1:], w.endpoint.name
+    opened.outage_id = None  # stored outage id not known yet (PostgreSQL away)
+    assert _dynamic_json(opened) == _dumps(_dynamic(opened))[1:]
+
+
+async def test_the_background_refresh_leaves_a_request_nothing_to_rebuild():
+    import asyncio
+
+    from availmon.status_view import StatusView
+
+    monitor, collector, context = fleet(2_500)  # three slices
+    view = StatusView()
+    monitor.add_change_listener(view.changed)
+    task = asyncio.create_task(view.keep_current(lambda: (monitor.all(), monitor.generation), 0.01))
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if view._generation == monitor.generation:
+                break
+        assert view._generation == monitor.generation  # built in the background, in slices
+        await monitor.check(9)  # refused: a change notice
+        assert view._dirty == {9}
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if not view._dirty:
+                break
+        assert not view._dirty
+        body, counts = view.endpoints_json(monitor.all(), monitor.generation)
+        assert json.loads(body) == collector.summary()["endpoints"]
+        entry = next(e for e in json.loads(body) if e["id"] == 9)
+        assert entry["reason"] == "refused"
+        assert counts["DOWN"] == 1 and counts["UP"] == 2_499
+    finally:
+        task.cancel()
+        await context.close()
