@@ -187,7 +187,9 @@ async def build_daemon(settings: Settings, clock: Clock | None = None) -> AsyncI
             monitor=monitor,
             scheduler=scheduler,
             fleet=fleet,
-            availability=AvailabilityService(repo, fleet, MaintenanceService(repo, calendar)),
+            availability=AvailabilityService(
+                repo, fleet, MaintenanceService(repo, calendar), rollups=rollups
+            ),
             collector=ServiceAvailabilityCollector(repo, monitor),
             outages=OutageManagementService(repo, monitor),
             rollups=rollups,

@@ -21,6 +21,7 @@ from availmon.uptime import Totals, us
 
 if TYPE_CHECKING:
     from availmon.store import Repository
+    from availmon.store.rollups import UptimeRollups
 
 DAYS = 90
 DAY = timedelta(days=1)
@@ -123,8 +124,10 @@ class ChartService:
         past_ttl: float = 3600.0,
         monotonic: Callable[[], float] = time.monotonic,
         cap_of: Callable[[int], timedelta] = lambda endpoint_id: timedelta(0),
+        rollups: UptimeRollups | None = None,
     ) -> None:
         self._repo = repo
+        self._rollups = rollups  # its folded, unwritten part is added to the stored days
         self._cap_of = cap_of  # how far past its time a check's coverage runs (rollups)
         self._ttl = ttl
         self._past_ttl = past_ttl
@@ -196,13 +199,30 @@ class ChartService:
     ) -> dict[int, tuple[DayFigure, ...]]:
         first, end = day_start(days[0]), day_start(days[-1]) + DAY
         totals, outages = await asyncio.gather(
-            self._repo.daily_totals(ids, first, end),
+            self._daily_totals(ids, first, end),
             self._repo.outages_overlapping(ids, first, min(end, now)),
         )
         outages_of: dict[int, list[Outage]] = {i: [] for i in ids}
         for outage in outages:
             outages_of[outage.endpoint_id].append(outage)
         return {i: day_figures(days, totals[i], outages_of[i], now, self._cap_of(i)) for i in ids}
+
+    async def _daily_totals(
+        self, ids: list[int], first: datetime, end: datetime
+    ) -> dict[int, dict[date, Totals]]:
+        rollups = self._rollups
+        if rollups is None:
+            return await self._repo.daily_totals(ids, first, end)
+
+        def add_unwritten(stored: dict[int, dict[date, Totals]]) -> dict[int, dict[date, Totals]]:
+            for endpoint_id, days in rollups.unwritten_days(ids, first, end).items():
+                for day, totals in days.items():
+                    stored[endpoint_id][day] = stored[endpoint_id].get(day, Totals()) + totals
+            return stored
+
+        return await rollups.consistent(
+            lambda: self._repo.daily_totals(ids, first, end), add_unwritten
+        )
 
 
 async def _nothing() -> dict[int, tuple[DayFigure, ...]]:

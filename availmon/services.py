@@ -50,7 +50,7 @@ from availmon.status_view import (
 )
 from availmon.store import Repository
 from availmon.store.outages import OutageRecord
-from availmon.store.rollups import UptimeReader
+from availmon.store.rollups import UptimeReader, UptimeRollups
 from availmon.uptime import UptimeReport, uptime_range
 
 MAX_PAGE = 1000
@@ -93,13 +93,18 @@ class Fleet:
 
 class AvailabilityService:
     def __init__(
-        self, repo: Repository, fleet: Fleet, maintenance: MaintenanceService | None = None
+        self,
+        repo: Repository,
+        fleet: Fleet,
+        maintenance: MaintenanceService | None = None,
+        rollups: UptimeRollups | None = None,
     ) -> None:
         self._repo = repo
         self._fleet = fleet
         self.maintenance = maintenance or MaintenanceService(repo, MaintenanceCalendar())
+        self._rollups = rollups  # uptime figures add what it folded and has not written yet
         # the status page's daily bars and response series
-        self.charts = ChartService(repo, cap_of=self._coverage_cap)
+        self.charts = ChartService(repo, cap_of=self._coverage_cap, rollups=rollups)
 
     def _coverage_cap(self, endpoint_id: int) -> timedelta:
         """How far past its time a check counts in the rollups: 2 x check_interval."""
@@ -215,7 +220,7 @@ class AvailabilityService:
         endpoint = await self._repo.get_endpoint(endpoint_id)
         start, end = uptime_range(window, start, end, datetime.now(UTC))
         cap = timedelta(seconds=2 * endpoint.spec.check_interval)
-        return await UptimeReader(self._repo).uptime(endpoint_id, start, end, cap)
+        return await UptimeReader(self._repo, self._rollups).uptime(endpoint_id, start, end, cap)
 
     @staticmethod
     def _refuse_config_owned(endpoint: Endpoint) -> None:

@@ -10,10 +10,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from availmon.app import build_daemon
+from availmon.errors import StorageError
 from availmon.model import Reason, Severity, Status, StatusRow
 from availmon.store import Repository
 from availmon.store.rollups import UptimeReader, UptimeRollups
-from availmon.uptime import coverage, floor_hour
+from availmon.uptime import Totals, coverage, floor_hour
 
 from .test_daemon import db_rows
 from .test_outages import call, settings
@@ -194,3 +195,93 @@ async def test_ninety_days_of_rollups_read_in_milliseconds(repo: Repository):
     assert report.totals.checks == 90 * 24 * 360
     assert report.outage_count == 30
     assert elapsed < 1.0, elapsed  # ~20-60 ms measured on the development machine
+
+
+def random_rows(endpoint_id: int, seed: int, hours: float = 3) -> list[StatusRow]:
+    rng = random.Random(seed)
+    t0 = floor_hour(datetime.now(UTC)) - timedelta(hours=hours + 1)
+    t, rows = 0.0, []
+    while t < hours * 3600:
+        rows.append(
+            StatusRow(endpoint_id, t0 + timedelta(seconds=t), rng.choice([U, U, D, G, M, N]),
+                      Reason.OK, None, None, 1, {})
+        )  # fmt: skip
+        t += rng.choice([3.5, 10, 10, 10, 17, 45, 600])
+    return rows
+
+
+async def _endpoint(repo: Repository, name: str) -> int:
+    from availmon.model import ENDPOINT_ADAPTER
+
+    spec = {"name": name, "url": "tcp://127.0.0.1:9", "check_interval": 10, "timeout": 1}
+    return (await repo.create_endpoint(ENDPOINT_ADAPTER.validate_python(spec))).id
+
+
+async def _until(predicate, what: str) -> None:
+    import asyncio
+
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_uptime_counts_what_is_folded_and_not_yet_written_exactly_once(repo: Repository):
+    """Rollups are written every write_interval; until then readers add the folded part, and
+    reads racing a write neither miss it nor count it twice."""
+    import asyncio
+
+    endpoint_id = await _endpoint(repo, "folded")
+    rows = random_rows(endpoint_id, seed=7)
+    await repo.write_statuses(rows)
+    rollups = UptimeRollups(repo.pool, lambda _: CAP, write_interval=3600)
+    await rollups.start()
+    try:
+        rollups.on_commit(rows)
+        await _until(lambda: rollups.applied == len(rows), "the rows to be folded")
+        assert await repo.pool.fetchval("SELECT count(*) FROM uptime_hourly") == 0  # not yet
+        reader = UptimeReader(repo, rollups)
+        raw = [(r.checked_at, r.status) for r in rows]
+        start, end = rows[0].checked_at - timedelta(minutes=7), rows[-1].checked_at + CAP
+        expected = coverage(raw, CAP, start, end)
+        assert await reader.covered(endpoint_id, start, end, CAP) == expected
+        assert await UptimeReader(repo).covered(endpoint_id, start, end, CAP) != expected
+
+        reads = [reader.covered(endpoint_id, start, end, CAP) for _ in range(30)]
+        results = await asyncio.gather(rollups.flush(), *reads)  # the write and reads interleave
+        assert all(r == expected for r in results[1:])
+        assert await repo.pool.fetchval("SELECT count(*) FROM uptime_hourly") > 0
+        assert rollups.unwritten_totals(endpoint_id, start, end) == Totals()
+        assert await UptimeReader(repo).covered(endpoint_id, start, end, CAP) == expected
+    finally:
+        await rollups.stop()
+
+
+async def test_a_failed_rollup_write_is_kept_and_written_later(repo: Repository):
+    endpoint_id = await _endpoint(repo, "kept")
+    rows = random_rows(endpoint_id, seed=11)
+    await repo.write_statuses(rows)
+    rollups = UptimeRollups(repo.pool, lambda _: CAP, write_interval=3600)
+    await rollups.start()
+    try:
+        half = len(rows) // 2
+        rollups.on_commit(rows[:half])
+        await _until(lambda: rollups.applied == half, "the first half to be folded")
+        await repo.pool.execute("ALTER TABLE uptime_hourly RENAME TO uptime_hourly_away")
+        try:
+            with pytest.raises(StorageError):
+                await rollups.flush()
+        finally:
+            await repo.pool.execute("ALTER TABLE uptime_hourly_away RENAME TO uptime_hourly")
+        rollups.on_commit(rows[half:])  # folded on top of what the failed write gave back
+        await rollups.flush()
+    finally:
+        await rollups.stop()
+    raw = [(r.checked_at, r.status) for r in rows]
+    start, end = (
+        floor_hour(rows[0].checked_at),
+        floor_hour(rows[-1].checked_at) + timedelta(hours=1),
+    )
+    stored = await UptimeReader(repo).hourly_totals(endpoint_id, start, end)
+    assert stored == coverage(raw, CAP, start, end)
