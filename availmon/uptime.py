@@ -20,7 +20,6 @@ row arrives and never wait for it.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
@@ -152,6 +151,10 @@ def _bucket(buckets: Buckets, endpoint_id: int, hour: int) -> list[int]:
 
 def _credit(buckets: Buckets, endpoint_id: int, slot: int, start: int, end: int, sign: int) -> None:
     """Add sign x the microseconds of [start, end) to each hour bucket they fall in."""
+    hour = start // _HOUR_US
+    if start < end and (end - 1) // _HOUR_US == hour:  # within one hour: nearly always
+        _bucket(buckets, endpoint_id, hour)[slot] += sign * (end - start)
+        return
     while start < end:
         hour = start // _HOUR_US
         stop = min(end, (hour + 1) * _HOUR_US)
@@ -167,55 +170,65 @@ def roll(
     """Fold committed rows (anything with endpoint_id, checked_at, status) into bucket
     deltas. Rows at or before an endpoint's cursor are skipped, so a replay is harmless."""
     buckets: Buckets = {}
-    new_cursors, skipped = fold(rows, cursors, cap_of, buckets)
-    delta = RollupDelta(cursors=new_cursors, skipped=skipped)
+    marks = marks_of(cursors)
+    touched, skipped = fold(rows, marks, cap_of, buckets)
+    delta = RollupDelta(cursors={i: cursor_of(marks[i]) for i in touched}, skipped=skipped)
     for (endpoint_id, hour), values in buckets.items():
         delta.buckets[endpoint_id, hour_start(hour)] = Totals(*values)
     return delta
 
 
+# How far an endpoint's rows are folded: [checked_at of the newest, in us since the epoch,
+# the slot of its status, the end of its coverage in us, the newest row (None: as stored)]
+Mark = list[Any]
+
+
+def marks_of(cursors: dict[int, Cursor]) -> dict[int, Mark]:
+    return {
+        endpoint_id: [_epoch_us(c.checked_at), _SLOT[c.status], _epoch_us(c.covered_until), None]
+        for endpoint_id, c in cursors.items()
+    }
+
+
+def cursor_of(mark: Mark) -> Cursor:
+    """The cursor to store for a mark that a fold moved (its newest row is set)."""
+    row = mark[3]
+    return Cursor(row.checked_at, row.status, _EPOCH + timedelta(microseconds=mark[2]))
+
+
 def fold(
     rows: Iterable[Any],
-    cursors: dict[int, Cursor],
+    marks: dict[int, Mark],
     cap_of: Callable[[int], timedelta],
     buckets: Buckets,
-) -> tuple[dict[int, Cursor], int]:
-    """roll() into `buckets` (added to what they hold): (each endpoint's new cursor, rows
-    skipped). Integer microseconds since the epoch inside: the datetime arithmetic this
-    replaced cost ~5 % of the daemon's CPU at 1,000 checks/s and held the loop for whole
-    batches."""
-    new_cursors: dict[int, Cursor] = {}
+) -> tuple[set[int], int]:
+    """roll() into `buckets` (added to what they hold), moving `marks` on: (the endpoints whose
+    mark moved, rows skipped). Integer microseconds since the epoch, rows in time order
+    rather than grouped, cursors built only when written: ~2 us a row, down from ~7 (the
+    datetime arithmetic before that cost ~5 % of the daemon's CPU at 1,000 checks/s)."""
+    touched: set[int] = set()
     skipped = 0
-    by_endpoint: dict[int, list[Any]] = defaultdict(list)
-    for row in rows:
-        by_endpoint[row.endpoint_id].append(row)
-    for endpoint_id, items in by_endpoint.items():
-        cursor = cursors.get(endpoint_id)
-        cap = cap_of(endpoint_id)
-        cap_us = us(cap)
-        last_at, last_slot, covered_until = -1, 0, -1
-        if cursor is not None:
-            last_at = _epoch_us(cursor.checked_at)
-            last_slot, covered_until = _SLOT[cursor.status], _epoch_us(cursor.covered_until)
-        newest = None
-        if len(items) > 1:
-            items.sort(key=_checked_at)
-        for row in items:
-            at = _epoch_us(row.checked_at)
-            if at <= last_at:
-                skipped += 1
-                continue
-            if at < covered_until:
-                _credit(buckets, endpoint_id, last_slot, at, covered_until, -1)
-            last_slot = _SLOT[row.status]
-            _credit(buckets, endpoint_id, last_slot, at, at + cap_us, +1)
-            _bucket(buckets, endpoint_id, at // _HOUR_US)[_CHECKS_SLOT] += 1
-            last_at, covered_until, newest = at, at + cap_us, row
-        if newest is not None:
-            new_cursors[endpoint_id] = Cursor(
-                newest.checked_at, newest.status, newest.checked_at + cap
-            )
-    return new_cursors, skipped
+    caps: dict[int, int] = {}
+    for row in sorted(rows, key=_checked_at):  # stable: each endpoint's rows in time order
+        endpoint_id = row.endpoint_id
+        at = (row.checked_at - _EPOCH) // ONE_US
+        mark = marks.get(endpoint_id)
+        if mark is None:
+            mark = marks[endpoint_id] = [-1, 0, -1, None]
+        elif at <= mark[0]:
+            skipped += 1
+            continue
+        cap_us = caps.get(endpoint_id)
+        if cap_us is None:
+            cap_us = caps[endpoint_id] = cap_of(endpoint_id) // ONE_US
+        if at < mark[2]:  # the previous row's coverage ends where this one begins
+            _credit(buckets, endpoint_id, mark[1], at, mark[2], -1)
+        slot = _SLOT[row.status]
+        _credit(buckets, endpoint_id, slot, at, at + cap_us, +1)
+        _bucket(buckets, endpoint_id, at // _HOUR_US)[_CHECKS_SLOT] += 1
+        mark[0], mark[1], mark[2], mark[3] = at, slot, at + cap_us, row
+        touched.add(endpoint_id)
+    return touched, skipped
 
 
 def _checked_at(row: Any) -> datetime:

@@ -26,14 +26,17 @@ from availmon.uptime import (
     CATEGORIES,
     Buckets,
     Cursor,
+    Mark,
     Totals,
     UptimeReport,
     ceil_hour,
     coverage,
+    cursor_of,
     floor_hour,
     fold,
     hour_number,
     hour_start,
+    marks_of,
     us,
 )
 
@@ -87,9 +90,9 @@ class UptimeRollups:
         self._queue_size = queue_size
         self._retry_max = retry_max
         self._write_interval = write_interval
-        self._cursors: dict[int, Cursor] = {}  # as folded, ahead of the stored ones
+        self._marks: dict[int, Mark] = {}  # as folded, ahead of the stored cursors
         self._unwritten: Buckets = {}
-        self._unwritten_cursors: dict[int, Cursor] = {}
+        self._unwritten_cursors: set[int] = set()  # endpoints whose mark moved since
         # a write in flight is in neither the database (not committed) nor _unwritten
         self._writes_started = 0
         self._writes_ended = 0
@@ -191,9 +194,8 @@ class UptimeRollups:
             await asyncio.sleep(0)
 
     def _fold(self, rows: Sequence[Any]) -> None:
-        cursors, skipped = fold(rows, self._cursors, self._cap_of, self._unwritten)
-        self._cursors.update(cursors)
-        self._unwritten_cursors.update(cursors)
+        touched, skipped = fold(rows, self._marks, self._cap_of, self._unwritten)
+        self._unwritten_cursors |= touched
         self.applied += len(rows) - skipped
 
     async def _run(self) -> None:
@@ -227,10 +229,11 @@ class UptimeRollups:
                 await asyncio.wait_for(self._wake.wait(), max(0.0, next_write - loop.time()))
 
     async def _write(self) -> None:
-        buckets, cursors = self._unwritten, self._unwritten_cursors
-        if not buckets and not cursors:
+        buckets, touched = self._unwritten, self._unwritten_cursors
+        if not buckets and not touched:
             return
-        self._unwritten, self._unwritten_cursors = {}, {}
+        cursors = {endpoint_id: cursor_of(self._marks[endpoint_id]) for endpoint_id in touched}
+        self._unwritten, self._unwritten_cursors = {}, set()
         self._writes_started += 1
         self._write_done.clear()
         try:
@@ -240,8 +243,7 @@ class UptimeRollups:
                 held = self._unwritten.setdefault(key, [0] * len(values))
                 for slot, value in enumerate(values):
                     held[slot] += value
-            for endpoint_id, cursor in cursors.items():
-                self._unwritten_cursors.setdefault(endpoint_id, cursor)
+            self._unwritten_cursors |= touched  # their marks are where they were, or further
             raise
         finally:
             self._writes_ended += 1
@@ -271,11 +273,13 @@ class UptimeRollups:
         rows = await self._pool.fetch(
             "SELECT endpoint_id, checked_at, status, covered_until FROM uptime_cursor"
         )
-        self._cursors = {
-            r["endpoint_id"]: Cursor(r["checked_at"], Status(r["status"]), r["covered_until"])
-            for r in rows
-        }
-        if not self._cursors:
+        self._marks = marks_of(
+            {
+                r["endpoint_id"]: Cursor(r["checked_at"], Status(r["status"]), r["covered_until"])
+                for r in rows
+            }
+        )
+        if not self._marks:
             return []
         missed = await self._pool.fetch(
             "SELECT s.endpoint_id, s.checked_at, s.status FROM uptime_cursor c "
