@@ -294,11 +294,15 @@ class ServiceAvailabilityCollector:
             "total": len(watched),
         }
         extra = {name: section() for name, section in self.extra_status.items()}
-        body = json.dumps(head, separators=(",", ":")).encode()[:-1]
-        body += b',"endpoints":' + endpoints
+        pieces = [
+            json.dumps(head, separators=(",", ":")).encode()[:-1],
+            b',"endpoints":',
+            endpoints,
+        ]
         if extra:
-            body += b"," + json.dumps(extra, separators=(",", ":")).encode()[1:-1]
-        return body + b"}"
+            pieces += [b",", json.dumps(extra, separators=(",", ":")).encode()[1:-1]]
+        pieces.append(b"}")
+        return b"".join(pieces)  # one copy of the array (14.5 MB at 50,000), not three
 
 
 def _by_name(w: Watched) -> str:

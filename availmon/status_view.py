@@ -19,10 +19,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from availmon.logs import get_logger
 from availmon.model import Severity, Status
 
 if TYPE_CHECKING:
     from availmon.runner import Watched
+
+log = get_logger("availmon.status_view")
 
 REFRESH_S = 1.0
 SLICE = 1_000  # fragments built between two turns of the loop (~3-5 ms, measured)
@@ -207,11 +210,14 @@ class StatusView:
         every fragment at once (110 ms at 10,000 endpoints, measured): the API's p99."""
         while True:
             await asyncio.sleep(period_s)
-            watched, generation = source()
-            if generation != self._generation:
-                await self._rebuild_in_slices(watched, generation)
-            else:
-                self._apply_changes()
+            try:
+                watched, generation = source()
+                if generation != self._generation:
+                    await self._rebuild_in_slices(watched, generation)
+                else:
+                    self._apply_changes()
+            except Exception:  # a bug here must not end the refresh; requests still rebuild
+                log.exception("status_view_refresh_failed")
 
     def _apply_changes(self) -> None:
         if not self._dirty:
