@@ -132,19 +132,9 @@ async def test_uptime_matches_a_hand_computed_timeline(pg_dsn: str):
 
 
 async def test_rollups_equal_the_raw_rows_after_a_crash_and_replay(repo: Repository):
-    spec = {"name": "r", "url": "tcp://127.0.0.1:9", "check_interval": 10, "timeout": 1}
-    from availmon.model import ENDPOINT_ADAPTER
-
-    endpoint = await repo.create_endpoint(ENDPOINT_ADAPTER.validate_python(spec))
-    rng = random.Random(4)
-    t0 = floor_hour(datetime.now(UTC)) - timedelta(hours=6)
-    t, rows = 0.0, []
-    while t < 5 * 3600:
-        rows.append(
-            StatusRow(endpoint.id, t0 + timedelta(seconds=t), rng.choice([U, U, D, G, M, N]),
-                      Reason.OK, None, None, 1, {})
-        )  # fmt: skip
-        t += rng.choice([3.5, 10, 10, 10, 17, 45, 600])  # irregular, with daemon-down gaps
+    endpoint_id = await _endpoint(repo, "r")
+    rows = random_rows(endpoint_id, seed=4, hours=5)  # irregular, with daemon-down gaps
+    t0, rng = rows[0].checked_at, random.Random(4)
     await repo.write_statuses(rows)
     first = UptimeRollups(repo.pool, lambda _: CAP)
     await first.start()
@@ -165,7 +155,7 @@ async def test_rollups_equal_the_raw_rows_after_a_crash_and_replay(repo: Reposit
         a = rng.uniform(0, 5 * 3600)
         b = rng.uniform(a, 5 * 3600 + 100)
         start, end = t0 + timedelta(seconds=a), t0 + timedelta(seconds=b)
-        assert await reader.covered(endpoint.id, start, end, CAP) == coverage(raw, CAP, start, end)
+        assert await reader.covered(endpoint_id, start, end, CAP) == coverage(raw, CAP, start, end)
 
 
 async def test_ninety_days_of_rollups_read_in_milliseconds(repo: Repository):
@@ -285,3 +275,28 @@ async def test_a_failed_rollup_write_is_kept_and_written_later(repo: Repository)
     )
     stored = await UptimeReader(repo).hourly_totals(endpoint_id, start, end)
     assert stored == coverage(raw, CAP, start, end)
+
+
+async def test_the_status_page_days_add_the_unwritten_rollups(repo: Repository):
+    from availmon.charts import ChartService
+
+    endpoint_id = await _endpoint(repo, "days")
+    rows = random_rows(endpoint_id, seed=5, hours=30)  # across a UTC midnight
+    await repo.write_statuses(rows)
+    rollups = UptimeRollups(repo.pool, lambda _: CAP, write_interval=3600)
+    await rollups.start()
+    try:
+        rollups.on_commit(rows)
+        await _until(lambda: rollups.applied == len(rows), "the rows to be folded")
+        charts = ChartService(repo, rollups=rollups)
+        first = floor_hour(rows[0].checked_at) - timedelta(days=1)
+        end = floor_hour(rows[-1].checked_at) + timedelta(days=1)
+        before = await charts._daily_totals([endpoint_id], first, end)  # nothing written yet
+        assert (await repo.daily_totals([endpoint_id], first, end))[endpoint_id] == {}
+        await rollups.flush()
+        stored = await repo.daily_totals([endpoint_id], first, end)
+    finally:
+        await rollups.stop()
+    assert len(stored[endpoint_id]) >= 2
+    assert before == stored
+    assert sum(t.checks for t in stored[endpoint_id].values()) == len(rows)
