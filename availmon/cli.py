@@ -20,7 +20,8 @@ from availmon.clock import SystemClock
 from availmon.config import Settings, load_settings
 from availmon.errors import AvailmonError, ConfigError, FieldError, field_errors
 from availmon.logs import configure_logging, get_logger
-from availmon.model import ENDPOINT_ADAPTER, AnyEndpoint, Endpoint, EndpointSource, Status
+from availmon.model import Endpoint, EndpointSource, Status
+from availmon.specs import ENDPOINT_ADAPTER, AnyEndpoint
 
 DEFAULT_CONFIG = "/etc/availmon/config.toml"
 EXIT_BY_STATUS = {Status.UP: 0, Status.DEGRADED: 1, Status.DOWN: 2}

@@ -15,8 +15,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from availmon.errors import ConfigError, FieldError, field_errors, key_path
 from availmon.maintenance import MaintenanceConfig
-from availmon.model import AnyEndpoint, EndpointSpec
 from availmon.notify.config import NotificationSettings
+from availmon.specs import AnyEndpoint, EndpointSpec
 
 
 class Section(BaseModel):

@@ -29,18 +29,10 @@ from availmon.maintenance import (
     WindowInput,
     window_input,
 )
-from availmon.model import (
-    ENDPOINT_ADAPTER,
-    AnyEndpoint,
-    Endpoint,
-    EndpointSource,
-    ProbeResult,
-    Severity,
-    Status,
-    StatusRow,
-)
+from availmon.model import Endpoint, EndpointSource, ProbeResult, Severity, Status, StatusRow
 from availmon.runner import Monitor, Watched
 from availmon.scheduler import CheckScheduler
+from availmon.specs import ENDPOINT_ADAPTER, AnyEndpoint
 from availmon.status_view import (
     EndpointNow,
     NowView,

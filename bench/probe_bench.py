@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from availmon.model import ENDPOINT_ADAPTER, Status
+from availmon.model import Status
 from availmon.probes import ProbeContext, build_probe
+from availmon.specs import ENDPOINT_ADAPTER
 
 ROOT = Path(__file__).resolve().parent.parent
 

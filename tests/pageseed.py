@@ -20,7 +20,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from availmon.maintenance import WindowInput
-from availmon.model import ENDPOINT_ADAPTER, Reason, Severity, Status, StatusRow
+from availmon.model import Reason, Severity, Status, StatusRow
+from availmon.specs import ENDPOINT_ADAPTER
 from availmon.store import Repository
 
 HOUR_US = 3_600_000_000

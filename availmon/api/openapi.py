@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 from availmon import __version__
 from availmon.api.app import DEPS, METRICS_PATH, WRITE_METHODS, read_protected
 from availmon.errors import FieldError
-from availmon.model import ENDPOINT_ADAPTER, Outage, ProbeResult, Severity, Status, StatusRow
+from availmon.model import Outage, ProbeResult, Severity, Status, StatusRow
+from availmon.specs import ENDPOINT_ADAPTER
 
 OPENAPI_PATH = "/api/v1/openapi.json"
 _REF = "#/components/schemas/{model}"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from availmon.model import AnyEndpoint
 from availmon.probes.base import Probe, ProbeContext
 from availmon.probes.dns import DnsProbe
 from availmon.probes.http import HttpProbe
 from availmon.probes.icmp import IcmpProbe
 from availmon.probes.tcp import TcpProbe
 from availmon.probes.udp import UdpProbe
+from availmon.specs import AnyEndpoint
 
 PROBES: dict[str, type[Probe]] = {}  # type: ignore[type-arg]
 for _cls in (HttpProbe, TcpProbe, UdpProbe, IcmpProbe, DnsProbe):

@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
-from availmon.model import AnyEndpoint, ProbeResult, Reason, Status
+from availmon.model import ProbeResult, Reason, Status
+from availmon.specs import AnyEndpoint
 
 SpecT = TypeVar("SpecT", bound=AnyEndpoint)
 

@@ -38,7 +38,7 @@ from dns.rdtypes.ANY.TXT import TXT
 from dns.rdtypes.IN.A import A
 from dns.rdtypes.IN.AAAA import AAAA
 
-from availmon.model import DnsEndpoint, ProbeResult, Reason
+from availmon.model import ProbeResult, Reason
 from availmon.patterns import Pattern
 from availmon.probes.base import (
     Probe,
@@ -49,6 +49,7 @@ from availmon.probes.base import (
     resolve,
     span_ms,
 )
+from availmon.specs import DnsEndpoint
 
 # Exception -> reason, most specific first. `{target}` is server:port (and its address).
 _ERRORS: Final[tuple[tuple[type[BaseException], Reason, str], ...]] = (

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any, Final
 from urllib.parse import urljoin, urlsplit
 
-from availmon.model import HttpEndpoint, ProbeResult, Reason, Status
+from availmon.model import ProbeResult, Reason, Status
 from availmon.patterns import Pattern
 from availmon.probes import tls
 from availmon.probes.base import Probe, ProbeContext, down, elapsed_ms, literal_address
@@ -31,6 +31,7 @@ from availmon.probes.http_wire import (
     WireResponse,
     exchange,
 )
+from availmon.specs import HttpEndpoint
 
 
 class _DnsError(OSError):

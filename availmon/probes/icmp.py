@@ -32,8 +32,9 @@ from typing import Any, Final
 from icmplib import ICMPRequest, ICMPv4Socket, ICMPv6Socket
 from icmplib.exceptions import ICMPError, ICMPLibError, SocketPermissionError
 
-from availmon.model import IcmpEndpoint, ProbeResult, Reason, Status
+from availmon.model import ProbeResult, Reason, Status
 from availmon.probes.base import Probe, ProbeContext, down
+from availmon.specs import IcmpEndpoint
 
 _ECHO_REPLY: Final = {4: 0, 6: 129}
 _ECHO_REQUEST: Final = {4: 8, 6: 128}  # our own requests, seen by a raw socket on loopback

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-from availmon.model import ProbeResult, Reason, Status, TcpEndpoint
+from availmon.model import ProbeResult, Reason, Status
 from availmon.patterns import Pattern
 from availmon.probes import tls
 from availmon.probes.base import (
@@ -29,6 +29,7 @@ from availmon.probes.base import (
     resolve,
     span_ms,
 )
+from availmon.specs import TcpEndpoint
 
 # Exception -> reason, most specific first: the first row whose type matches wins.
 # `{target}` is host:port (and the address tried), `{detail}` the OS's words for the error.

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from availmon.model import ProbeResult, Reason, UdpEndpoint
+from availmon.model import ProbeResult, Reason
 from availmon.patterns import Pattern
 from availmon.probes.base import (
     Probe,
@@ -25,6 +25,7 @@ from availmon.probes.base import (
     resolve,
     span_ms,
 )
+from availmon.specs import UdpEndpoint
 
 # Exception -> reason, most specific first. TimeoutError and the others are OSErrors.
 _ERRORS: Final[tuple[tuple[type[OSError], Reason, str], ...]] = (

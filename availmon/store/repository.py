@@ -17,12 +17,8 @@ import structlog
 from pydantic import ValidationError
 
 from availmon.errors import Conflict, NotFound, StorageError
-from availmon.model import (
-    ENDPOINT_ADAPTER,
-    AnyEndpoint,
-    Endpoint,
-    EndpointSource,
-)
+from availmon.model import Endpoint, EndpointSource
+from availmon.specs import ENDPOINT_ADAPTER, AnyEndpoint
 from availmon.store.charts import ChartQueries
 from availmon.store.maintenance import MaintenanceStore
 from availmon.store.outages import OutageHistory

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from availmon.config import Settings, load_settings
 from availmon.errors import ConfigError
-from availmon.model import (
+from availmon.specs import (
     ENDPOINT_ADAPTER,
     DnsEndpoint,
     HttpEndpoint,

@@ -25,9 +25,10 @@ from structlog.testing import capture_logs
 
 from availmon.app import build_daemon
 from availmon.config import ElasticsearchSettings
-from availmon.model import ENDPOINT_ADAPTER, Endpoint, Reason, Status, StatusRow
+from availmon.model import Endpoint, Reason, Status, StatusRow
 from availmon.search import EsSync
 from availmon.search.template import MAPPINGS, doc_id, index_name
+from availmon.specs import ENDPOINT_ADAPTER
 from availmon.store import Repository, StatusWriter
 from tests.esfake import FakeElasticsearch
 from tests.integration.test_redis_cache import comparable, daemon_settings, redis_view

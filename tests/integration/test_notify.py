@@ -249,9 +249,10 @@ def _count(receiver: Receiver, name: str, count: int) -> Any:
 
 async def test_the_event_and_the_outage_change_commit_together(repo: Any):
     from availmon.errors import StorageError
-    from availmon.model import ENDPOINT_ADAPTER, Severity
+    from availmon.model import Severity
     from availmon.notify.config import WebhookSettings
     from availmon.notify.outbox import Outbox
+    from availmon.specs import ENDPOINT_ADAPTER
 
     spec = ENDPOINT_ADAPTER.validate_python({"name": "db", "url": "tcp://127.0.0.1:9"})
     endpoint = await repo.create_endpoint(spec)

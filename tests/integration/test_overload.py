@@ -11,9 +11,10 @@ from structlog.testing import capture_logs
 
 from availmon.clock import SystemClock
 from availmon.looplag import LoopLagMonitor
-from availmon.model import ENDPOINT_ADAPTER, Endpoint, EndpointSource, ProbeResult, Reason, Status
+from availmon.model import Endpoint, EndpointSource, ProbeResult, Reason, Status
 from availmon.probes import ProbeContext
 from availmon.runner import Monitor
+from availmon.specs import ENDPOINT_ADAPTER
 
 
 @pytest.fixture

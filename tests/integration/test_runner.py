@@ -11,9 +11,10 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from availmon.clock import SystemClock
-from availmon.model import ENDPOINT_ADAPTER, Endpoint, EndpointSource, Reason, Status
+from availmon.model import Endpoint, EndpointSource, Reason, Status
 from availmon.probes import ProbeContext
 from availmon.runner import Monitor
+from availmon.specs import ENDPOINT_ADAPTER
 from availmon.store import EmbeddedPostgres, Repository, apply_migrations
 
 

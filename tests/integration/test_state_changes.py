@@ -9,7 +9,8 @@ import asyncpg
 import pytest
 
 from availmon.errors import StorageError
-from availmon.model import ENDPOINT_ADAPTER, Status
+from availmon.model import Status
+from availmon.specs import ENDPOINT_ADAPTER
 from availmon.store import Repository
 from availmon.store.state_changes import StatusChangeBuffer
 

@@ -11,15 +11,8 @@ import asyncpg
 import pytest
 
 from availmon.errors import Conflict, NotFound, StorageError
-from availmon.model import (
-    ENDPOINT_ADAPTER,
-    AnyEndpoint,
-    EndpointSource,
-    Reason,
-    Severity,
-    Status,
-    StatusRow,
-)
+from availmon.model import EndpointSource, Reason, Severity, Status, StatusRow
+from availmon.specs import ENDPOINT_ADAPTER, AnyEndpoint
 from availmon.store import Repository, apply_migrations, dsn_with_database, redact_dsn
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -159,7 +159,7 @@ async def test_rollups_equal_the_raw_rows_after_a_crash_and_replay(repo: Reposit
 
 
 async def test_ninety_days_of_rollups_read_in_milliseconds(repo: Repository):
-    from availmon.model import ENDPOINT_ADAPTER
+    from availmon.specs import ENDPOINT_ADAPTER
 
     spec = {"name": "busy", "url": "tcp://127.0.0.1:9", "check_interval": 10, "timeout": 1}
     endpoint = await repo.create_endpoint(ENDPOINT_ADAPTER.validate_python(spec))
@@ -201,7 +201,7 @@ def random_rows(endpoint_id: int, seed: int, hours: float = 3) -> list[StatusRow
 
 
 async def _endpoint(repo: Repository, name: str) -> int:
-    from availmon.model import ENDPOINT_ADAPTER
+    from availmon.specs import ENDPOINT_ADAPTER
 
     spec = {"name": name, "url": "tcp://127.0.0.1:9", "check_interval": 10, "timeout": 1}
     return (await repo.create_endpoint(ENDPOINT_ADAPTER.validate_python(spec))).id

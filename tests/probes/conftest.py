@@ -22,9 +22,9 @@ import pytest
 import trustme
 from aiohttp import web
 
-from availmon.model import ENDPOINT_ADAPTER, AnyEndpoint
 from availmon.probes import build_probe
 from availmon.probes.base import Probe, ProbeContext
+from availmon.specs import ENDPOINT_ADAPTER, AnyEndpoint
 
 LOOPBACK = "127.0.0.1"
 

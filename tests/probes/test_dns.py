@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 from dnslib import QTYPE, RCODE, RR, DNSRecord
 
-from availmon.model import DnsEndpoint, Reason, Status
+from availmon.model import Reason, Status
 from availmon.probes.base import Probe
 from availmon.probes.dns import DnsProbe
+from availmon.specs import DnsEndpoint
 
 from .conftest import LOOPBACK, example_endpoints
 

@@ -10,8 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
-from availmon.model import HttpEndpoint, Reason, Status
+from availmon.model import Reason, Status
 from availmon.probes.base import Probe
+from availmon.specs import HttpEndpoint
 
 from .conftest import LOOPBACK, Pki, StartApp, example_endpoints
 from .test_http import _app

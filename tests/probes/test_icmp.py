@@ -27,9 +27,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from availmon.model import IcmpEndpoint, ProbeResult, Reason, Status
+from availmon.model import ProbeResult, Reason, Status
 from availmon.probes.base import Probe, ProbeContext
 from availmon.probes.icmp import IcmpProbe, echo_statistics, judge_echoes
+from availmon.specs import IcmpEndpoint
 
 from .conftest import LOOPBACK, example_endpoints, make_spec
 

@@ -9,10 +9,11 @@ import time
 import pytest
 
 from availmon.clock import SystemClock
-from availmon.model import ENDPOINT_ADAPTER, Endpoint, EndpointSource, Reason, Status
+from availmon.model import Endpoint, EndpointSource, Reason, Status
 from availmon.patterns import PATTERN_TIMEOUT_S, Pattern, PatternTimeout, check_syntax
 from availmon.probes import ProbeContext
 from availmon.runner import Monitor
+from availmon.specs import ENDPOINT_ADAPTER
 
 EVIL = r"(x+x+)+y"
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from availmon.model import Reason, Status, TcpEndpoint
+from availmon.model import Reason, Status
 from availmon.probes.base import Probe
 from availmon.probes.tcp import TcpProbe
+from availmon.specs import TcpEndpoint
 
 from .conftest import Pki, RawServer, example_endpoints, hang, reset_connection
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from availmon.model import Reason, Status, UdpEndpoint
+from availmon.model import Reason, Status
 from availmon.probes.base import Probe
 from availmon.probes.udp import UdpProbe
+from availmon.specs import UdpEndpoint
 
 from .conftest import LOOPBACK, example_endpoints
 

@@ -8,7 +8,7 @@ import pytest
 
 from availmon.config import load_settings
 from availmon.errors import ConfigError
-from availmon.model import HttpEndpoint, TcpEndpoint
+from availmon.specs import HttpEndpoint, TcpEndpoint
 
 CONFIGS = Path(__file__).parent / "configs"
 ROOT = Path(__file__).parents[2]

@@ -10,10 +10,11 @@ from prometheus_client.exposition import generate_latest
 from availmon.clock import SystemClock
 from availmon.looplag import LoopLagMonitor
 from availmon.metrics import DURATION_BUCKETS, DaemonMetrics
-from availmon.model import ENDPOINT_ADAPTER, Endpoint, EndpointSource, ProbeResult, Reason, Status
+from availmon.model import Endpoint, EndpointSource, ProbeResult, Reason, Status
 from availmon.probes import ProbeContext
 from availmon.runner import Monitor, Watched
 from availmon.scheduler import CheckScheduler
+from availmon.specs import ENDPOINT_ADAPTER
 from availmon.state import RAW_STATUS_KEY
 from availmon.store.writer import WriterStats
 from tests.promtext import Samples, parse, series, value

@@ -6,10 +6,11 @@ import json
 from datetime import UTC, datetime
 
 from availmon.clock import SystemClock
-from availmon.model import ENDPOINT_ADAPTER, Endpoint, EndpointSource, ProbeResult, Reason, Status
+from availmon.model import Endpoint, EndpointSource, ProbeResult, Reason, Status
 from availmon.probes import ProbeContext
 from availmon.runner import Monitor
 from availmon.services import ServiceAvailabilityCollector
+from availmon.specs import ENDPOINT_ADAPTER
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -1,0 +1,480 @@
+"""Endpoint specs: one pydantic model per protocol and the discriminated union of them.
+
+They are pydantic models because the same validation must hold for the TOML file, the HTTP API
+and the in-process Python API. This module imports nothing of ours but `model` (the enums) and
+the leaf module `patterns` (the regex engine patterns are validated with). It is long for a
+reason: the five protocol models and the rules that tie their fields together read best side
+by side.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from availmon.model import Protocol, Severity
+from availmon.patterns import check_syntax
+
+_STATUS_CLASS = re.compile(r"^[1-5]xx$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:/@()+-]{0,199}$")
+
+
+def _status_code_matches(code: int, expected: list[int | str]) -> bool:
+    for item in expected:
+        if isinstance(item, int):
+            if code == item:
+                return True
+        elif code // 100 == int(item[0]):
+            return True
+    return False
+
+
+class EndpointBase(BaseModel):
+    """Fields every protocol shares; names follow the design document's data model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Only name and url are stripped: patterns, send and body keep every byte as given.
+    name: Annotated[str, StringConstraints(strip_whitespace=True)]
+    protocol: Protocol
+    url: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2048)]
+    check_interval: float = Field(default=60.0, gt=0, le=86400, description="Seconds")
+    # validate_default: the default must also be under check_interval, or the stored spec
+    # (every field written out) would fail validation when it is read back
+    timeout: float = Field(
+        default=10.0, gt=0, le=3600, validate_default=True, description="Seconds, per attempt"
+    )
+    retries: int = Field(default=0, ge=0, le=10)
+    expected_pattern: str | None = None
+    # finite: jsonb cannot store inf (and it would mean no threshold)
+    degraded_threshold_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    failure_threshold: int = Field(default=3, ge=1, le=1000)
+    recovery_threshold: int = Field(default=2, ge=1, le=1000)
+    recheck_interval: float | None = Field(default=None, gt=0, le=86400)
+    severity: Severity = Severity.HIGH
+    tags: tuple[str, ...] = ()
+    is_active: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol_from_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "protocol" not in data and isinstance(data.get("url"), str):
+            # "host:80" would parse as scheme "host": only a "scheme://" names a protocol.
+            scheme = urlsplit(data["url"]).scheme.lower() if "://" in data["url"] else ""
+            if scheme:
+                data = {**data, "protocol": scheme}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                "must be 1-200 characters: letters, digits, space and ._:/@()+- "
+                "(starting with a letter or digit)"
+            )
+        return value
+
+    @field_validator("expected_pattern")
+    @classmethod
+    def _check_pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_syntax(value)
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for tag in value:
+            if not tag or len(tag) > 100:
+                raise ValueError("each tag must be 1-100 characters")
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("url")
+    @classmethod
+    def _check_url_scheme(cls, value: str, info: ValidationInfo) -> str:
+        protocol = info.data.get("protocol")
+        scheme = urlsplit(value).scheme.lower()
+        if protocol is not None and scheme != protocol.value:
+            raise ValueError(
+                f"url scheme {scheme or '(none)'!r} does not match protocol {protocol.value!r}"
+            )
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _check_timeout(cls, value: float, info: ValidationInfo) -> float:
+        interval = info.data.get("check_interval")
+        if interval is not None and value >= interval:
+            raise ValueError(
+                f"timeout ({value:g} s) must be less than check_interval ({interval:g} s)"
+            )
+        return value
+
+    @field_validator("recheck_interval")
+    @classmethod
+    def _check_recheck(cls, value: float | None, info: ValidationInfo) -> float | None:
+        interval = info.data.get("check_interval")
+        if value is not None and interval is not None and value > interval:
+            raise ValueError(
+                f"recheck_interval ({value:g} s) must not exceed check_interval ({interval:g} s)"
+            )
+        return value
+
+    @property
+    def effective_recheck_interval(self) -> float:
+        if self.recheck_interval is not None:
+            return self.recheck_interval
+        return min(self.check_interval, 10.0)
+
+    @property
+    def max_check_seconds(self) -> float:
+        """Upper bound of one whole check, all attempts included."""
+        return self.timeout * (self.retries + 1)
+
+
+StatusCodeSpec = int | str | list[int | str]
+
+
+class HttpEndpoint(EndpointBase):
+    protocol: Literal[Protocol.HTTP, Protocol.HTTPS]
+    expected_status_code: StatusCodeSpec = Field(default="2xx", validate_default=True)
+    method: Literal["GET", "HEAD", "POST", "PUT", "OPTIONS", "PATCH", "DELETE"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str | None = None  # sent byte for byte
+    follow_redirects: bool = True
+    max_redirects: int = Field(default=10, ge=0, le=50)
+    verify_tls: bool = True  # false: certificates are still recorded, but never judged
+    ca_file: str | None = None
+    max_body_bytes: int = Field(default=1024 * 1024, ge=0, le=256 * 1024 * 1024)
+    # DEGRADED when a verified certificate (of any hop) expires within this many days.
+    cert_expiry_warning_days: float = Field(default=14, ge=0, le=3650)
+
+    @field_validator("expected_status_code")
+    @classmethod
+    def _check_status(cls, value: StatusCodeSpec) -> list[int | str]:
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise ValueError("must name at least one status code or class")
+        out: list[int | str] = []
+        for item in items:
+            if isinstance(item, int):
+                if not 100 <= item <= 599:
+                    raise ValueError(f"status code {item} is outside 100-599")
+                out.append(item)
+            elif _STATUS_CLASS.match(item.lower()):
+                out.append(item.lower())
+            elif item.isdigit() and 100 <= int(item) <= 599:
+                out.append(int(item))
+            else:
+                raise ValueError(f"{item!r} is neither a status code nor a class like '2xx'")
+        return out
+
+    @field_validator("url")
+    @classmethod
+    def _check_http_url(cls, value: str) -> str:
+        if not urlsplit(value).hostname:
+            raise ValueError(f"url {value!r} has no host")
+        return value
+
+    def status_code_ok(self, code: int) -> bool:
+        expected = self.expected_status_code
+        assert isinstance(expected, list)
+        return _status_code_matches(code, expected)
+
+
+def _check_host_port_url(value: str, scheme: str) -> str:
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"url {value!r} has an invalid port") from None
+    if not parts.hostname or port is None:
+        raise ValueError(f"url {value!r} must look like {scheme}://host:port")
+    if parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"url {value!r} must not have a path or query")
+    return value
+
+
+def _url_host(url: str) -> str:
+    host = urlsplit(url).hostname
+    assert host is not None
+    return host
+
+
+def _url_port(url: str, default: int | None = None) -> int:
+    port = urlsplit(url).port or default
+    assert port is not None
+    return port
+
+
+class TcpEndpoint(EndpointBase):
+    protocol: Literal[Protocol.TCP]
+    send: str | None = None  # sent byte for byte: "PING\r\n" keeps its "\r\n"
+    max_read_bytes: int = Field(default=64 * 1024, ge=1, le=16 * 1024 * 1024)
+    tls: bool = False  # TLS handshake right after connect; send and pattern then go over TLS
+    verify_tls: bool = True
+    ca_file: str | None = None
+    server_name: str | None = None  # SNI and the name verified; default: the url's host
+    cert_expiry_warning_days: float = Field(default=14, ge=0, le=3650)
+
+    @field_validator("url")
+    @classmethod
+    def _check_tcp_url(cls, value: str) -> str:
+        return _check_host_port_url(value, "tcp")
+
+    @field_validator("server_name")
+    @classmethod
+    def _check_server_name(cls, value: str | None) -> str | None:
+        if value is not None and not _HOST_NAME.match(value):
+            raise ValueError(f"{value!r} is not a host name")
+        return value
+
+    @field_validator("verify_tls", "ca_file", "server_name", "cert_expiry_warning_days")
+    @classmethod
+    def _needs_tls(cls, value: Any, info: ValidationInfo) -> Any:
+        # Runs for keys given; a stored spec gives every key, so only a non-default counts.
+        default = cls.model_fields[str(info.field_name)].default
+        if info.data.get("tls") is False and value != default:
+            raise ValueError("applies only with tls = true")
+        return value
+
+    @property
+    def host(self) -> str:
+        return _url_host(self.url)
+
+    @property
+    def port(self) -> int:
+        return _url_port(self.url)
+
+
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$"
+)
+
+
+class UdpEndpoint(EndpointBase):
+    """Send one datagram; UP when a datagram (matching expected_pattern, if set) comes back."""
+
+    protocol: Literal[Protocol.UDP]
+    send: str  # required: a UDP service answers only what it is asked; sent byte for byte
+
+    @field_validator("url")
+    @classmethod
+    def _check_udp_url(cls, value: str) -> str:
+        return _check_host_port_url(value, "udp")
+
+    @property
+    def host(self) -> str:
+        return _url_host(self.url)
+
+    @property
+    def port(self) -> int:
+        return _url_port(self.url)
+
+
+class IcmpEndpoint(EndpointBase):
+    """Echo requests; `url` is icmp://host or a bare host (stored as icmp://host)."""
+
+    protocol: Literal[Protocol.ICMP]
+    packet_count: int = Field(default=3, ge=1, le=100)
+    packet_interval: float = Field(
+        default=0.2, ge=0.01, le=10, validate_default=True, description="Seconds"
+    )
+    payload_size: int = Field(default=56, ge=0, le=65507, description="Bytes after the header")
+    # Percent: loss above it is DOWN, any loss up to it DEGRADED; no reply at all is always DOWN.
+    max_packet_loss: float = Field(default=50, ge=0, lt=100)
+    # None: raw sockets when the process may open them, else unprivileged datagram sockets.
+    privileged: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_host(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("url"), str):
+            url = data["url"].strip()
+            if "://" not in url:
+                host = f"[{url}]" if _ip_version(url) == 6 else url
+                data = {**data, "url": f"icmp://{host}"}
+                data.setdefault("protocol", "icmp")
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _check_icmp_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if not parts.hostname or port is not None or parts.path not in ("", "/") or parts.query:
+            raise ValueError(f"url {value!r} must be a bare host or look like icmp://host")
+        return value
+
+    @field_validator("packet_interval")
+    @classmethod
+    def _packets_fit_the_timeout(cls, value: float, info: ValidationInfo) -> float:
+        count, timeout = info.data.get("packet_count"), info.data.get("timeout")
+        if count is not None and timeout is not None and (count - 1) * value >= timeout:
+            raise ValueError(
+                f"{count} packets {value:g} s apart take {(count - 1) * value:g} s to send,"
+                f" leaving no time for replies within the timeout ({timeout:g} s)"
+            )
+        return value
+
+    @property
+    def host(self) -> str:
+        return _url_host(self.url)
+
+
+DnsRecordType = Literal["A", "AAAA", "CNAME", "MX", "NS", "TXT", "SRV", "SOA", "PTR", "CAA"]
+DnsRcode = Literal[
+    "NOERROR",
+    "FORMERR",
+    "SERVFAIL",
+    "NXDOMAIN",
+    "NOTIMP",
+    "REFUSED",
+    "YXDOMAIN",
+    "YXRRSET",
+    "NXRRSET",
+    "NOTAUTH",
+    "NOTZONE",
+]
+
+
+class DnsEndpoint(EndpointBase):
+    """One query to the server in the url (dns://server[:port]/name), and only to it."""
+
+    protocol: Literal[Protocol.DNS]
+    record_type: DnsRecordType = "A"
+    expected_rcode: DnsRcode = "NOERROR"
+    # Values that must all be among the answers of record_type (after any CNAME chain).
+    expected_answers: tuple[str, ...] = ()
+    transport: Literal["udp", "tcp"] = "udp"  # udp retries over TCP when the answer is truncated
+    recursion_desired: bool = True
+
+    @field_validator("record_type", "expected_rcode", "transport", mode="before")
+    @classmethod
+    def _normalise_case(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            return value.lower() if info.field_name == "transport" else value.upper()
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _check_dns_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - parsing is the check
+        except ValueError:
+            raise ValueError(f"url {value!r} has an invalid port") from None
+        name = parts.path[1:]
+        if not parts.hostname or not name or parts.query or parts.fragment:
+            raise ValueError(f"url {value!r} must look like dns://server[:port]/name")
+        if name != "." and not _HOST_NAME.match(name) and not _is_ip(name):
+            raise ValueError(f"{name!r} in url {value!r} is not a DNS name")
+        return value
+
+    @field_validator("expected_answers")
+    @classmethod
+    def _check_answers(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        rcode = info.data.get("expected_rcode")
+        if value and rcode is not None and rcode != "NOERROR":
+            raise ValueError(f"expected_rcode {rcode} leaves no answers to expect")
+        record_type = info.data.get("record_type")
+        versions = {"A": 4, "AAAA": 6}
+        for item in value:
+            if not item.strip():
+                raise ValueError("an expected answer must not be empty")
+            version = versions.get(str(record_type))
+            if version is not None and _ip_version(item) != version:
+                raise ValueError(
+                    f"{item!r} is not an IPv{version} address (record_type {record_type})"
+                )
+        return value
+
+    @field_validator("expected_rcode")
+    @classmethod
+    def _check_rcode(cls, value: str, info: ValidationInfo) -> str:
+        if value != "NOERROR" and info.data.get("expected_pattern") is not None:
+            raise ValueError(f"expected_rcode {value} leaves no answers for expected_pattern")
+        return value
+
+    @property
+    def server(self) -> str:
+        return _url_host(self.url)
+
+    @property
+    def port(self) -> int:
+        return _url_port(self.url, 53)
+
+    @property
+    def query_name(self) -> str:
+        return urlsplit(self.url).path[1:]
+
+
+def _ip_version(text: str) -> int | None:
+    try:
+        return ipaddress.ip_address(text.strip()).version
+    except ValueError:
+        return None
+
+
+def _is_ip(text: str) -> bool:
+    return _ip_version(text) is not None
+
+
+def _endpoint_tag(data: Any) -> str | None:
+    if isinstance(data, BaseModel):
+        data = data.model_dump()
+    if not isinstance(data, dict):
+        return None
+    protocol = data.get("protocol")
+    url = data.get("url")
+    if protocol is None and isinstance(url, str):
+        if "://" in url:
+            try:
+                protocol = urlsplit(url).scheme.lower()
+            except ValueError:  # "http://[::1": the url validators say why, as a field error
+                protocol = url.split("://", 1)[0].strip().lower()
+        elif url.strip():
+            protocol = "icmp"  # a bare host
+    protocol = str(protocol).lower() if protocol else None
+    if protocol in ("http", "https"):
+        return "http"
+    if protocol in ("tcp", "udp", "icmp", "dns"):
+        return protocol
+    return None
+
+
+EndpointSpec = Annotated[
+    Annotated[HttpEndpoint, Tag("http")]
+    | Annotated[TcpEndpoint, Tag("tcp")]
+    | Annotated[UdpEndpoint, Tag("udp")]
+    | Annotated[IcmpEndpoint, Tag("icmp")]
+    | Annotated[DnsEndpoint, Tag("dns")],
+    Discriminator(
+        _endpoint_tag,
+        custom_error_type="invalid_protocol",
+        custom_error_message="protocol must be one of: http, https, tcp, udp, icmp, dns "
+        "(given explicitly, by the url scheme, or a bare host for icmp)",
+    ),
+]
+AnyEndpoint = HttpEndpoint | TcpEndpoint | UdpEndpoint | IcmpEndpoint | DnsEndpoint
+ENDPOINT_ADAPTER: TypeAdapter[AnyEndpoint] = TypeAdapter(EndpointSpec)
