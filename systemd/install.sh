@@ -14,6 +14,9 @@ mkdir -p "$root" "$DESTDIR$SYSCONFDIR" "$DESTDIR$UNITDIR" "$root/share/doc/avail
 # an existing venv is reused: re-running make install upgrades the package in place
 [ -x "$root/bin/python" ] || "$PYTHON" -m venv "$root"
 "$root/bin/python" -m pip install --quiet --upgrade pip
+# setuptools builds in the checkout's build/ and ships whatever an earlier build left there
+# (a module since removed, a subpackage missing from pyproject.toml): build from a clean one
+rm -rf "$here/build"
 "$root/bin/python" -m pip install --quiet "$here"
 if [ -n "$DESTDIR" ]; then
     # scripts carry the build path in their shebang; point them at the final location
