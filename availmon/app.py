@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from aiohttp import web
 from availmon.api import ApiDeps, create_app
 from availmon.clock import Clock, SystemClock
 from availmon.config import Settings
-from availmon.errors import StorageError
+from availmon.errors import StartupError, StorageError
 from availmon.logs import get_logger
 from availmon.looplag import LoopLagMonitor
 from availmon.maintenance import MaintenanceCalendar
@@ -372,7 +373,13 @@ async def _start_api(stack: AsyncExitStack, daemon: Daemon) -> int:
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, api.host, api.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # in use, not ours, or a host that does not resolve
+        # asyncio wraps the bind error's words in its own; getaddrinfo's errnos are negative
+        errno = exc.errno or 0
+        detail = os.strerror(errno) if errno > 0 else (exc.strerror or str(exc))
+        raise StartupError(f"api: cannot listen on {api.host}:{api.port}: {detail}") from exc
     server = site._server
     sockets = getattr(server, "sockets", None) or []
     return int(sockets[0].getsockname()[1]) if sockets else api.port

@@ -12,13 +12,13 @@ import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
 from availmon.clock import SystemClock
 from availmon.config import Settings, load_settings
-from availmon.errors import AvailmonError, ConfigError, FieldError, field_errors
+from availmon.errors import AvailmonError, ConfigError, NotFound, field_errors
 from availmon.logs import configure_logging, get_logger
 from availmon.model import Endpoint, EndpointSource, Status
 from availmon.specs import ENDPOINT_ADAPTER, AnyEndpoint
@@ -29,12 +29,23 @@ EXIT_UNKNOWN = 3
 EXIT_CONFIG = 2  # run/migrate/validate: config invalid or storage unusable
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error; `availmon check` is a Nagios plugin, where 2 means
+    CRITICAL, so its usage errors exit `usage_exit` (3, UNKNOWN) instead."""
+
+    usage_exit = 2
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(self.usage_exit, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     config_help = f"config file (default: $AVAILMON_CONFIG or {DEFAULT_CONFIG})"
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--config", "-c", default=argparse.SUPPRESS, help=config_help)
-    parser = argparse.ArgumentParser(prog="availmon", parents=[common])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="availmon", parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("run", parents=[common], help="run the daemon")
     sub.add_parser("migrate", parents=[common], help="apply pending database migrations")
     sub.add_parser("validate", parents=[common], help="check the config file; exit 0 if valid")
@@ -47,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check", parents=[common], help="check one endpoint now (no database needed)"
     )
+    check.usage_exit = EXIT_UNKNOWN
     check.add_argument("target", metavar="NAME_OR_URL")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     check.add_argument("--timeout", type=float, help="seconds per attempt (URL targets)")
@@ -228,8 +240,10 @@ def _resolve_target(args: argparse.Namespace) -> AnyEndpoint:
             if spec.name == args.target:
                 return spec
     if "://" not in args.target:
-        raise ConfigError(
-            str(path), [FieldError("target", f"no endpoint named {args.target!r} and not a URL")]
+        where = f" in {path}" if explicit or path.exists() else ""
+        raise NotFound(
+            f"no endpoint named {args.target!r}{where}, and not a URL "
+            f"(for a ping: icmp://{args.target})"
         )
     return _adhoc_spec(args)
 
@@ -242,6 +256,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
         spec = _resolve_target(args)
     except ConfigError as exc:
         _report_config_error(exc)
+        return EXIT_UNKNOWN
+    except NotFound as exc:
+        sys.stderr.write(f"invalid target: {exc}\n")
         return EXIT_UNKNOWN
     except ValidationError as exc:
         for problem in field_errors(exc):

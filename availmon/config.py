@@ -207,6 +207,24 @@ def _env_hint(key: str) -> str:
     return ""
 
 
+def _unknown_env_sections() -> list[FieldError]:
+    """AVAILMON_SECTION__KEY variables whose SECTION is none of ours: pydantic-settings reads
+    only the variables of the sections it knows, so a typo there (AVAILMON_APII__PORT) would
+    be ignored without a word. Variables without the "__" (AVAILMON_CONFIG) are not settings."""
+    sections = set(Settings.model_fields)
+    problems = []
+    for var in sorted(os.environ):
+        name = var.upper()
+        if not name.startswith("AVAILMON_") or "__" not in name:
+            continue
+        section = name.removeprefix("AVAILMON_").split("__", 1)[0].lower()
+        if section not in sections:
+            known = ", ".join(sorted(sections))
+            message = f"unknown section {section!r} in environment variable (sections: {known})"
+            problems.append(FieldError(var, message))
+    return problems
+
+
 def load_settings(path: str | Path) -> Settings:
     """Read and validate the config; raise ConfigError listing every problem with its key."""
     path = Path(path)
@@ -215,6 +233,8 @@ def load_settings(path: str | Path) -> Settings:
     reserved = sorted(k for k in data if k.startswith("_"))
     if reserved:
         raise ConfigError(str(path), [FieldError(key_path((k,)), "unknown key") for k in reserved])
+    if unknown := _unknown_env_sections():
+        raise ConfigError(str(path), unknown)
     try:
         settings = Settings(**data)
     except ValidationError as exc:

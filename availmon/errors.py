@@ -5,7 +5,9 @@
     ├── ValidationFailed     input from the API or a caller failed validation (field errors)
     ├── NotFound             an id or name that does not exist
     ├── Conflict             the change is not allowed in the current state (409)
-    └── StorageError         PostgreSQL could not be reached or started
+    ├── StorageError         PostgreSQL could not be reached or started
+    └── StartupError         the daemon could not take what it is configured to use (the
+                             API's address)
 
 Probes never raise for a failed check: failure is data (a ProbeResult with a reason).
 """
@@ -74,6 +76,10 @@ class Conflict(AvailmonError):
 
 class StorageError(AvailmonError):
     code = "storage_error"
+
+
+class StartupError(AvailmonError):
+    code = "startup_error"
 
 
 _UNION_TAGS = frozenset({"http", "tcp", "udp", "icmp", "dns"})

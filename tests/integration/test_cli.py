@@ -120,3 +120,50 @@ async def test_migrate_applies_and_is_idempotent(pg_dsn: str, tmp_path: Path):
     finally:
         await conn.close()
     assert "0001_init" in versions[0]
+
+
+async def test_run_exits_2_with_the_reason_when_the_api_address_is_taken(
+    pg_dsn: str, tmp_path: Path
+):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path}"\n[database]\ndsn = "{pg_dsn}"\n'
+        f'[api]\nhost = "127.0.0.1"\nport = {port}\n'
+    )
+    try:
+        code, out, err = await availmon("--config", str(config), "run")
+    finally:
+        taken.close()
+    assert code == 2, out + err
+    assert "availmon_failed" in out
+    assert f"api: cannot listen on 127.0.0.1:{port}: address already in use" in out.lower()
+    assert "Traceback" not in out + err
+
+
+async def test_check_usage_errors_and_unknown_names_exit_3_unknown(tmp_path: Path):
+    code, _, err = await availmon("check", "http://127.0.0.1:9/", "--timeout", "abc")
+    assert code == 3 and "argument --timeout: invalid float value: 'abc'" in err
+    config = tmp_path / "c.toml"
+    config.write_text("")
+    code, _, err = await availmon("--config", str(config), "check", "nosuch")
+    assert code == 3
+    assert err == (
+        f"invalid target: no endpoint named 'nosuch' in {config}, and not a URL "
+        "(for a ping: icmp://nosuch)\n"
+    )
+
+
+async def test_an_unknown_section_in_an_environment_variable_is_an_error(tmp_path: Path):
+    config = tmp_path / "c.toml"
+    config.write_text("")
+    code, _, err = await availmon(
+        "--config", str(config), "validate", env={"AVAILMON_APII__PORT": "1"}
+    )
+    assert code == 2
+    assert f"{config}: AVAILMON_APII__PORT: unknown section 'apii'" in err
