@@ -3,8 +3,10 @@ after a crash and replay, and 90 days read fast."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -217,6 +219,24 @@ async def _until(predicate, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@contextlib.asynccontextmanager
+async def lazy_rollups(repo: Repository) -> AsyncIterator[UptimeRollups]:
+    """Rollups that write only when flushed within a test (their write interval is an hour)."""
+    rollups = UptimeRollups(repo.pool, lambda _: CAP, write_interval=3600)
+    await rollups.start()
+    try:
+        yield rollups
+    finally:
+        await rollups.stop()
+
+
+async def fold_now(rollups: UptimeRollups, rows: list[StatusRow]) -> None:
+    """Hand the rows over as committed and wait until they are folded (in memory)."""
+    target = rollups.applied + len(rows)
+    rollups.on_commit(rows)
+    await _until(lambda: rollups.applied == target, "the rows to be folded")
+
+
 async def test_uptime_counts_what_is_folded_and_not_yet_written_exactly_once(repo: Repository):
     """Rollups are written every write_interval; until then readers add the folded part, and
     reads racing a write neither miss it nor count it twice."""
@@ -225,11 +245,8 @@ async def test_uptime_counts_what_is_folded_and_not_yet_written_exactly_once(rep
     endpoint_id = await _endpoint(repo, "folded")
     rows = random_rows(endpoint_id, seed=7)
     await repo.write_statuses(rows)
-    rollups = UptimeRollups(repo.pool, lambda _: CAP, write_interval=3600)
-    await rollups.start()
-    try:
-        rollups.on_commit(rows)
-        await _until(lambda: rollups.applied == len(rows), "the rows to be folded")
+    async with lazy_rollups(repo) as rollups:
+        await fold_now(rollups, rows)
         assert await repo.pool.fetchval("SELECT count(*) FROM uptime_hourly") == 0  # not yet
         reader = UptimeReader(repo, rollups)
         raw = [(r.checked_at, r.status) for r in rows]
@@ -244,20 +261,15 @@ async def test_uptime_counts_what_is_folded_and_not_yet_written_exactly_once(rep
         assert await repo.pool.fetchval("SELECT count(*) FROM uptime_hourly") > 0
         assert rollups.unwritten_totals(endpoint_id, start, end) == Totals()
         assert await UptimeReader(repo).covered(endpoint_id, start, end, CAP) == expected
-    finally:
-        await rollups.stop()
 
 
 async def test_a_failed_rollup_write_is_kept_and_written_later(repo: Repository):
     endpoint_id = await _endpoint(repo, "kept")
     rows = random_rows(endpoint_id, seed=11)
     await repo.write_statuses(rows)
-    rollups = UptimeRollups(repo.pool, lambda _: CAP, write_interval=3600)
-    await rollups.start()
-    try:
+    async with lazy_rollups(repo) as rollups:
         half = len(rows) // 2
-        rollups.on_commit(rows[:half])
-        await _until(lambda: rollups.applied == half, "the first half to be folded")
+        await fold_now(rollups, rows[:half])
         await repo.pool.execute("ALTER TABLE uptime_hourly RENAME TO uptime_hourly_away")
         try:
             with pytest.raises(StorageError):
@@ -266,8 +278,6 @@ async def test_a_failed_rollup_write_is_kept_and_written_later(repo: Repository)
             await repo.pool.execute("ALTER TABLE uptime_hourly_away RENAME TO uptime_hourly")
         rollups.on_commit(rows[half:])  # folded on top of what the failed write gave back
         await rollups.flush()
-    finally:
-        await rollups.stop()
     raw = [(r.checked_at, r.status) for r in rows]
     start, end = (
         floor_hour(rows[0].checked_at),
@@ -283,11 +293,8 @@ async def test_the_status_page_days_add_the_unwritten_rollups(repo: Repository):
     endpoint_id = await _endpoint(repo, "days")
     rows = random_rows(endpoint_id, seed=5, hours=30)  # across a UTC midnight
     await repo.write_statuses(rows)
-    rollups = UptimeRollups(repo.pool, lambda _: CAP, write_interval=3600)
-    await rollups.start()
-    try:
-        rollups.on_commit(rows)
-        await _until(lambda: rollups.applied == len(rows), "the rows to be folded")
+    async with lazy_rollups(repo) as rollups:
+        await fold_now(rollups, rows)
         charts = ChartService(repo, rollups=rollups)
         first = floor_hour(rows[0].checked_at) - timedelta(days=1)
         end = floor_hour(rows[-1].checked_at) + timedelta(days=1)
@@ -295,8 +302,6 @@ async def test_the_status_page_days_add_the_unwritten_rollups(repo: Repository):
         assert (await repo.daily_totals([endpoint_id], first, end))[endpoint_id] == {}
         await rollups.flush()
         stored = await repo.daily_totals([endpoint_id], first, end)
-    finally:
-        await rollups.stop()
     assert len(stored[endpoint_id]) >= 2
     assert before == stored
     assert sum(t.checks for t in stored[endpoint_id].values()) == len(rows)
