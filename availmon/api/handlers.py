@@ -55,9 +55,12 @@ class Query:
 
     def __init__(self, request: web.Request, allowed: set[str]) -> None:
         self._q = request.query
-        self.problems: list[FieldError] = [
-            FieldError(k, "unknown query parameter") for k in self._q if k not in allowed
-        ]
+        self.problems: list[FieldError] = []
+        for key in dict.fromkeys(self._q):  # each key once, in order
+            if key not in allowed:
+                self.problems.append(FieldError(key, "unknown query parameter"))
+            elif (times := len(self._q.getall(key))) > 1:
+                self.problems.append(FieldError(key, f"given {times} times; give it once"))
 
     def int(self, key: str, default: int, low: int, high: int) -> int:
         raw = self._q.get(key)
@@ -130,6 +133,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/status")
 async def status(request: web.Request) -> web.Response:
+    Query(request, set()).done()
     body = request.app[DEPS].collector.summary_json()
     return web.Response(body=body, content_type="application/json")
 
@@ -186,6 +190,8 @@ async def list_statuses(request: web.Request) -> web.Response:
     since, until = query.time("from"), query.time("to")
     before = query.time("before")
     limit = query.int("limit", 100, 1, 1000)
+    if since is not None and until is not None and since >= until:
+        query.problems.append(FieldError("from", "must be before to"))
     query.done()
     rows = await request.app[DEPS].availability.list_statuses(
         endpoint_id, since, until, limit, before

@@ -197,6 +197,21 @@ async def test_check_now_records_and_paginates(api: Api, daemon: Daemon, target:
     assert [i["checked_at"] for i in rest["items"]] == times[3:6]
     status, body = await api.call("GET", f"/api/v1/endpoints/{endpoint_id}/statuses?from=yesterday")
     assert status == 422 and "from" in fields(body)
+    statuses = f"/api/v1/endpoints/{endpoint_id}/statuses"
+    status, body = await api.call(
+        "GET", f"{statuses}?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z"
+    )
+    assert status == 422 and body["error"]["fields"] == [
+        {"field": "from", "message": "must be before to"}
+    ]
+    status, body = await api.call("GET", f"{statuses}?limit=1&limit=2")
+    assert status == 422 and body["error"]["fields"] == [
+        {"field": "limit", "message": "given 2 times; give it once"}
+    ]
+    status, body = await api.call("GET", "/api/v1/status?foo=1")
+    assert status == 422 and body["error"]["fields"] == [
+        {"field": "foo", "message": "unknown query parameter"}
+    ]
 
 
 async def test_body_over_limit_is_413(api: Api):
