@@ -7,6 +7,9 @@
     ├── Conflict             the change is not allowed in the current state (409)
     └── StorageError         PostgreSQL could not be reached or started
 
+    FieldValueError (a ValueError) is raised inside pydantic validators for a rule that spans
+    fields, to name the fields it is about (field_errors() puts them in the key path).
+
 Probes never raise for a failed check: failure is data (a ProbeResult with a reason).
 """
 
@@ -76,6 +79,14 @@ class StorageError(AvailmonError):
     code = "storage_error"
 
 
+class FieldValueError(ValueError):
+    """A cross-field rule broken, said of `fields` (relative to the model validated)."""
+
+    def __init__(self, message: str, *fields: str) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
 _UNION_TAGS = frozenset({"http", "tcp", "udp", "icmp", "dns"})
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # TOML's bare keys; others are shown quoted
 
@@ -101,7 +112,7 @@ def key_path(loc: tuple[int | str, ...]) -> str:
 
 def field_errors(exc: Any) -> list[FieldError]:
     """Turn a pydantic ValidationError into field errors with readable key paths."""
-    problems = []
+    problems: list[FieldError] = []
     for err in exc.errors(include_url=False):
         message = err["msg"]
         if message.startswith("Value error, "):
@@ -111,5 +122,10 @@ def field_errors(exc: Any) -> list[FieldError]:
             tags = [p for p in err["loc"] if isinstance(p, str) and p in _UNION_TAGS]
             if tags:
                 message = f"unknown key for a {tags[-1]} endpoint"
-        problems.append(FieldError(key_path(tuple(err["loc"])), message))
+        loc = tuple(err["loc"])
+        error = err.get("ctx", {}).get("error")
+        if isinstance(error, FieldValueError) and error.fields:
+            problems.extend(FieldError(key_path((*loc, f)), message) for f in error.fields)
+            continue
+        problems.append(FieldError(key_path(loc), message))
     return problems

@@ -1,0 +1,161 @@
+"""Bad input at the edges, through the real daemon: numbers and times past what Python or
+PostgreSQL can hold, ids past bigint, and cross-field window rules that name their field.
+Each is a 4xx JSON error naming the field (never a 500 or 503), and nothing is stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from availmon.app import Daemon
+
+from .test_api import Api, api, daemon, fields, target
+
+__all__ = ["api", "daemon", "target"]  # the fixtures
+
+WINDOWS = "/api/v1/maintenance-windows"
+RANGE = "must be between 1970-01-01T00:00:00Z and 9000-01-01T00:00:00Z"
+SPAN = {"start_time": "2026-01-01T00:00:00Z", "end_time": "2026-01-02T00:00:00Z"}
+RECURRING = {"cron": "0 2 * * *", "duration": "2h", "timezone": "UTC"}
+
+
+async def refused(api: Api, method: str, path: str, body: Any = None) -> dict[str, str]:
+    status, answer = await api.call(method, path, body)
+    assert status == 422, (path, body, answer)
+    return fields(answer)
+
+
+async def stored_windows(api: Api) -> list[str]:
+    status, listing = await api.call("GET", WINDOWS)
+    assert status == 200
+    return [w["name"] for w in listing["items"]]
+
+
+OUT_OF_RANGE = "must be more than 0 and at most 31 days"
+
+
+@pytest.mark.parametrize(
+    "duration,message",
+    [(999999999999999999999, OUT_OF_RANGE), (10**30, OUT_OF_RANGE), (1e300, OUT_OF_RANGE),
+     (-5, OUT_OF_RANGE), (0, OUT_OF_RANGE), (31 * 86400 + 1, OUT_OF_RANGE),
+     ("99999999999999999999d", OUT_OF_RANGE), ("32d", OUT_OF_RANGE),
+     ("-1h", "'-1h' is not a duration: use seconds or e.g. '2h', '1h30m', '90m'")],
+)  # fmt: skip
+async def test_a_window_duration_out_of_range_is_a_field_error(
+    api: Api, duration: Any, message: str
+):
+    body = {"name": "bad15", "all": True, **RECURRING, "duration": duration}
+    assert await refused(api, "POST", WINDOWS, body) == {"duration": message}
+    assert await stored_windows(api) == []
+
+
+async def test_a_window_duration_at_the_limit_is_taken(api: Api):
+    body = {"name": "month", "all": True, **RECURRING, "duration": 31 * 86400}
+    status, created = await api.call("POST", WINDOWS, body)
+    assert status == 201, created
+    assert created["duration_s"] == 31 * 86400
+
+
+@pytest.mark.parametrize(
+    "start,end,bad",
+    [
+        ("0001-01-01T00:00:00Z", "0001-01-02T00:00:00Z", {"start_time", "end_time"}),
+        ("0001-01-01T00:00:00+05:00", "2026-01-01T00:00:00Z", {"start_time"}),
+        ("2026-01-01T00:00:00Z", "9999-12-31T23:59:59-05:00", {"end_time"}),
+        ("2026-01-01T00:00:00Z", "9999-12-31T23:59:59Z", {"end_time"}),
+        ("1969-12-31T23:59:59Z", "2026-01-01T00:00:00Z", {"start_time"}),
+    ],
+)
+async def test_window_times_at_extreme_years_are_refused(
+    api: Api, start: str, end: str, bad: set[str]
+):
+    body = {"name": "old", "all": True, "start_time": start, "end_time": end}
+    assert await refused(api, "POST", WINDOWS, body) == dict.fromkeys(bad, RANGE)
+    assert await stored_windows(api) == []
+
+
+async def test_window_times_at_the_bounds_come_back_with_their_offset(api: Api):
+    body = {"name": "edges", "all": True, "start_time": "1970-01-01T00:00:00Z",
+            "end_time": "9000-01-01T00:00:00Z"}  # fmt: skip
+    status, created = await api.call("POST", WINDOWS, body)
+    assert status == 201, created
+    assert created["start_time"] == "1970-01-01T00:00:00+00:00"
+    assert created["end_time"] == "9000-01-01T00:00:00+00:00"
+    status, fetched = await api.call("GET", f"{WINDOWS}/{created['id']}")
+    assert fetched == created
+
+
+async def test_query_times_at_extreme_years_are_refused(api: Api, daemon: Daemon):
+    endpoint_id = daemon.monitor.all()[0].endpoint.id
+    status, _ = await api.call("POST", WINDOWS, {"name": "w", "all": True, **RECURRING})
+    assert status == 201
+    for path, key in [
+        (f"/api/v1/endpoints/{endpoint_id}/maintenance?at=0001-01-01T00:00:00%2B05:00", "at"),
+        (f"/api/v1/endpoints/{endpoint_id}/maintenance?at=9999-12-31T23:59:59-05:00", "at"),
+        (f"/api/v1/endpoints/{endpoint_id}/statuses?before=9999-12-31T23:59:59Z", "before"),
+        (f"/api/v1/endpoints/{endpoint_id}/uptime?from=0001-01-01T00:00:00Z", "from"),
+    ]:
+        assert await refused(api, "GET", path) == {key: RANGE}
+    status, view = await api.call(
+        "GET", f"/api/v1/endpoints/{endpoint_id}/maintenance?at=1970-01-01T00:00:00Z"
+    )
+    assert status == 200 and view["next"]["start"] == "1970-01-01T02:00:00+00:00"
+
+
+async def test_ids_past_bigint_are_field_errors_not_storage_errors(api: Api):
+    too_big = "be less than or equal to 9223372036854775807"
+    for endpoint_id in (9999999999999999999999, 2**63):
+        body = {"name": "w", "endpoint_id": endpoint_id, **SPAN}
+        expected = {"endpoint_id": f"Input should {too_big}"}
+        assert await refused(api, "POST", WINDOWS, body) == expected
+    status, created = await api.call("POST", WINDOWS, {"name": "w", "all": True, **SPAN})
+    assert status == 201
+    patch = {"endpoint_id": 2**63}
+    assert "endpoint_id" in await refused(api, "PATCH", f"{WINDOWS}/{created['id']}", patch)
+    for path in [
+        "/api/v1/endpoints/99999999999999999999",
+        "/api/v1/endpoints/9223372036854775808",
+        "/api/v1/endpoints/9223372036854775808/statuses",
+        "/api/v1/outages/99999999999999999999",
+        f"{WINDOWS}/9223372036854775808",
+    ]:
+        assert set(await refused(api, "GET", path)) == {"id"}
+    assert set(await refused(api, "GET", "/api/v1/outages?endpoint_id=99999999999999999999")) == {
+        "endpoint"
+    }
+    status, _ = await api.call("GET", "/api/v1/endpoints/9223372036854775807")
+    assert status == 404  # the largest bigint is a valid id, just not one that exists
+    assert await stored_windows(api) == ["w"]  # the refused PATCH changed nothing
+    status, fetched = await api.call("GET", f"{WINDOWS}/{created['id']}")
+    assert fetched == created
+
+
+async def test_cross_field_window_rules_name_their_fields(api: Api, daemon: Daemon):
+    endpoint_id = daemon.monitor.all()[0].endpoint.id
+    target = "give exactly one target: an endpoint, tags, or all = true"
+    cases: list[tuple[dict[str, Any], dict[str, str]]] = [
+        ({"all": True, **RECURRING, "cron": "0 2 * *"},
+         {"cron": "'0 2 * *' must have 5 fields: minute hour day-of-month month weekday"}),
+        ({"all": True, **RECURRING, "cron": "0 0 30 2 *"},
+         {"cron": "'0 0 30 2 *' is not a valid cron expression: Bad day-of-month"}),
+        ({"all": True, **RECURRING, "timezone": "Nowhere/City"},
+         {"timezone": "'Nowhere/City' is not an IANA time zone (e.g. 'Europe/Berlin')"}),
+        ({"all": True, **RECURRING, "timezone": "Europe"},
+         {"timezone": "'Europe' is not an IANA time zone (e.g. 'Europe/Berlin')"}),
+        ({"all": True, "cron": "0 2 * * *", "timezone": "UTC"},
+         {"duration": "a recurring window needs cron, duration and timezone"}),
+        ({"all": True, **SPAN, "duration": "1h"},
+         {"duration": "duration and timezone apply only with cron"}),
+        ({**SPAN}, {"endpoint_id": target, "tags": target, "all": target}),
+        ({**SPAN, "endpoint_id": endpoint_id, "tags": ["x"]},
+         {"endpoint_id": target, "tags": target}),
+        ({"all": True, "start_time": "2026-01-02T00:00:00Z", "end_time": "2026-01-01T00:00:00Z"},
+         {"end_time": "end_time must be after start_time"}),
+        ({"all": True, "start_time": "2026-01-02T00:00:00Z"},
+         {"end_time": "a one-off window needs start_time and end_time"}),
+        ({"all": True, **SPAN, "name": "  "}, {"name": "must not be empty"}),
+    ]  # fmt: skip
+    for extra, expected in cases:
+        assert await refused(api, "POST", WINDOWS, {"name": "w", **extra}) == expected, extra
+    assert await stored_windows(api) == []
