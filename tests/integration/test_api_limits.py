@@ -1,12 +1,15 @@
 """Bad input at the edges, through the real daemon: numbers and times past what Python or
-PostgreSQL can hold, ids past bigint, and cross-field window rules that name their field.
-Each is a 4xx JSON error naming the field (never a 500 or 503), and nothing is stored."""
+PostgreSQL can hold, ids past bigint, NUL and lone surrogates in names and cross-field
+window rules that name their field. Each is a 4xx JSON
+error naming the field (never a 500 or 503), and nothing is stored."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import pytest
+from yarl import URL
 
 from availmon.app import Daemon
 
@@ -129,6 +132,27 @@ async def test_ids_past_bigint_are_field_errors_not_storage_errors(api: Api):
     assert await stored_windows(api) == ["w"]  # the refused PATCH changed nothing
     status, fetched = await api.call("GET", f"{WINDOWS}/{created['id']}")
     assert fetched == created
+
+
+async def test_names_with_nul_or_lone_surrogates_are_not_found_or_refused(api: Api):
+    async with aiohttp.ClientSession() as session:
+        for path in ["/badge/%00/status.svg", "/badge/a%00b/uptime/24h.svg"]:
+            url = URL(api.base + path, encoded=True)
+            async with session.get(url) as resp:
+                assert resp.status == 404, await resp.text()
+                assert (await resp.json())["error"]["code"] == "not_found"
+        async with session.get(URL(api.base + "/badge/from-file/status.svg")) as resp:
+            assert resp.status == 200  # a real name still answers
+    raw = b'{"name": "\\ud800x", "url": "http://127.0.0.1:1/"}'
+    status, body = await api.call("POST", "/api/v1/endpoints", raw=raw)
+    assert status == 422
+    assert fields(body) == {"name": "must not contain a lone surrogate (U+D800-U+DFFF)"}
+    raw = b'{"name": "w", "all": true, "tags": ["\\udfff"], "description": "\\u0000"}'
+    status, body = await api.call("POST", WINDOWS, raw=raw)
+    assert status == 422 and fields(body) == {
+        "description": "must not contain the NUL character (U+0000)",
+        "tags[0]": "must not contain a lone surrogate (U+D800-U+DFFF)",
+    }
 
 
 async def test_cross_field_window_rules_name_their_fields(api: Api, daemon: Daemon):
