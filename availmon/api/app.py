@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from availmon.errors import (
     Conflict,
@@ -165,6 +167,30 @@ async def read_json(request: web.Request) -> Any:
     if problems:
         raise ValidationFailed("invalid request body", problems)
     return data
+
+
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server logger (RequestHandler's `logger`): a request its parser refused
+    (duplicate Content-Type, a request line over 8190 bytes, ...) is the client's mistake, so it
+    is one warning without a traceback; every other error is logged as aiohttp logs it.
+
+    aiohttp answers those requests itself, in plain text: they never reach the app, so no
+    middleware sees them, and changing the body would mean replacing aiohttp's RequestHandler
+    and Server classes, which AppRunner does not let us choose."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            remote = args[0] if args else None
+            log.warning(
+                "http_request_rejected", status=exc_info.code, reason=exc_info.message,
+                remote=remote,
+            )  # fmt: skip
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+def server_log() -> ServerLog:
+    return ServerLog(logging.getLogger("aiohttp.server"), {})
 
 
 def create_app(deps: ApiDeps) -> web.Application:

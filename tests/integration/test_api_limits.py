@@ -1,19 +1,22 @@
 """Bad input at the edges, through the real daemon: numbers and times past what Python or
-PostgreSQL can hold, ids past bigint, NUL and lone surrogates in names and cross-field
-window rules that name their field. Each is a 4xx JSON
-error naming the field (never a 500 or 503), and nothing is stored."""
+PostgreSQL can hold, ids past bigint, NUL and lone surrogates in names, cross-field window
+rules that name their field (each a 4xx JSON error naming the field, never a 500 or 503, and
+nothing stored), and requests aiohttp's own parser refuses (a 400 and one warning)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 from yarl import URL
 
 from availmon.app import Daemon
 
-from .test_api import Api, api, daemon, fields, target
+from .test_api import TOKEN, Api, api, daemon, fields, target
 
 __all__ = ["api", "daemon", "target"]  # the fixtures
 
@@ -183,3 +186,33 @@ async def test_cross_field_window_rules_name_their_fields(api: Api, daemon: Daem
     for extra, expected in cases:
         assert await refused(api, "POST", WINDOWS, {"name": "w", **extra}) == expected, extra
     assert await stored_windows(api) == []
+
+
+async def test_requests_the_http_parser_refuses_are_one_warning_without_a_traceback(
+    api: Api, daemon: Daemon, caplog: pytest.LogCaptureFixture
+):
+    """aiohttp answers these itself, before the app, in plain text (see api.app.ServerLog)."""
+    duplicate = (
+        b"POST /api/v1/endpoints HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Type: text/plain\r\nContent-Length: 2\r\n"
+        b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n{}"
+    )
+    long_line = b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    for raw in (duplicate, long_line):
+        with capture_logs() as logs, caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", daemon.api_port)
+            writer.write(raw)
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            await writer.wait_closed()
+        status_line = answer.split(b"\r\n", 1)[0]
+        assert status_line.split(b" ")[1] == b"400", answer[:200]
+        rejected = [e for e in logs if e["event"] == "http_request_rejected"]
+        assert len(rejected) == 1 and rejected[0]["log_level"] == "warning", logs
+        assert rejected[0]["status"] == 400 and rejected[0]["reason"]
+        assert "exc_info" not in rejected[0]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        caplog.clear()
+    status, _ = await api.call("GET", "/api/v1/endpoints")
+    assert status == 200  # the daemon serves on
