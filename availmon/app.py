@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from availmon.api import ApiDeps, create_app
+from availmon.api.app import server_log
 from availmon.clock import Clock, SystemClock
 from availmon.config import Settings
 from availmon.errors import StartupError, StorageError
@@ -369,7 +370,7 @@ async def _start_api(stack: AsyncExitStack, daemon: Daemon) -> int:
             public_status_page=api.public_status_page,
         )
     )
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=server_log())
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, api.host, api.port)

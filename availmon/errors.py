@@ -9,6 +9,9 @@
     └── StartupError         the daemon could not take what it is configured to use (the
                              API's address)
 
+    FieldValueError (a ValueError) is raised inside pydantic validators for a rule that spans
+    fields, to name the fields it is about (field_errors() puts them in the key path).
+
 Probes never raise for a failed check: failure is data (a ProbeResult with a reason).
 """
 
@@ -82,6 +85,26 @@ class StartupError(AvailmonError):
     code = "startup_error"
 
 
+class FieldValueError(ValueError):
+    """A cross-field rule broken, said of `fields` (relative to the model validated)."""
+
+    def __init__(self, message: str, *fields: str) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+def text_problem(text: str) -> str | None:
+    """Why PostgreSQL cannot take `text` as a text/jsonb value, or None when it can: U+0000,
+    or a lone surrogate (JSON's "\\ud800"; not encodable as UTF-8)."""
+    if "\x00" in text:
+        return "must not contain the NUL character (U+0000)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must not contain a lone surrogate (U+D800-U+DFFF)"
+    return None
+
+
 _UNION_TAGS = frozenset({"http", "tcp", "udp", "icmp", "dns"})
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # TOML's bare keys; others are shown quoted
 
@@ -107,7 +130,7 @@ def key_path(loc: tuple[int | str, ...]) -> str:
 
 def field_errors(exc: Any) -> list[FieldError]:
     """Turn a pydantic ValidationError into field errors with readable key paths."""
-    problems = []
+    problems: list[FieldError] = []
     for err in exc.errors(include_url=False):
         message = err["msg"]
         if message.startswith("Value error, "):
@@ -117,5 +140,10 @@ def field_errors(exc: Any) -> list[FieldError]:
             tags = [p for p in err["loc"] if isinstance(p, str) and p in _UNION_TAGS]
             if tags:
                 message = f"unknown key for a {tags[-1]} endpoint"
-        problems.append(FieldError(key_path(tuple(err["loc"])), message))
+        loc = tuple(err["loc"])
+        error = err.get("ctx", {}).get("error")
+        if isinstance(error, FieldValueError) and error.fields:
+            problems.extend(FieldError(key_path((*loc, f)), message) for f in error.fields)
+            continue
+        problems.append(FieldError(key_path(loc), message))
     return problems

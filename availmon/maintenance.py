@@ -23,47 +23,71 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from availmon.clock import in_time_range
+from availmon.errors import FieldValueError
 
 MAX_DURATION = timedelta(days=31)
+MAX_ID = 2**63 - 1  # PostgreSQL bigint
 MAX_CRON_STEPS = 10_000  # starts examined per cache refresh; guards `* * * * *` + long duration
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
 _UNIT_S = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
+def _bounded(seconds: float) -> timedelta:
+    # checked before timedelta() is built: 1e21 seconds overflows it (OverflowError, not a
+    # ValueError, so pydantic would not report it as a field error); nan fails the test too
+    if not 0 < seconds <= MAX_DURATION.total_seconds():
+        raise ValueError("must be more than 0 and at most 31 days")
+    return timedelta(seconds=seconds)
+
+
 def parse_duration(value: Any) -> Any:
-    """Seconds (a number), or a string like "2h", "90m", "1h30m", "45s", "1d"."""
+    """Seconds (a number), or a string like "2h", "90m", "1h30m", "45s", "1d"; more than 0
+    and at most MAX_DURATION."""
     if isinstance(value, bool):
         raise ValueError("a duration is seconds or a string like '2h'")
     if isinstance(value, timedelta):
-        return value
+        return _bounded(value.total_seconds())
     if isinstance(value, int | float):
-        return timedelta(seconds=value)
+        return _bounded(value)
     if isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         if text and _DURATION_PART.sub("", text) == "":
             seconds = sum(float(n) * _UNIT_S[u] for n, u in _DURATION_PART.findall(text))
-            return timedelta(seconds=seconds)
+            return _bounded(seconds)
         raise ValueError(f"{value!r} is not a duration: use seconds or e.g. '2h', '1h30m', '90m'")
     return value
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+# stored as timestamptz and used in datetime arithmetic: year 1 or 9999 would overflow it
+Instant = Annotated[AwareDatetime, AfterValidator(in_time_range)]
 
 
 def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a path
         raise ValueError(f"{name!r} is not an IANA time zone (e.g. 'Europe/Berlin')") from None
 
 
-def check_cron(expr: str, tz: ZoneInfo) -> str:
+def check_cron(expr: str, tz: tzinfo) -> str:
     expr = " ".join(expr.split())
     if len(expr.split()) != 5:
         raise ValueError(f"{expr!r} must have 5 fields: minute hour day-of-month month weekday")
@@ -83,41 +107,66 @@ class WindowFields(BaseModel):
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
     description: Annotated[str, Field(max_length=2000)] | None = None
-    start_time: AwareDatetime | None = None
-    end_time: AwareDatetime | None = None
+    start_time: Instant | None = None
+    end_time: Instant | None = None
     is_active: bool = True
     tags: tuple[str, ...] = ()
     applies_to_all: bool = Field(default=False, alias="all")
-    cron: str | None = None
+    cron: Annotated[str, Field(max_length=200)] | None = None
     duration: Duration | None = None
-    timezone: str | None = None
+    timezone: Annotated[str, Field(max_length=100)] | None = None
 
-    def _target_count(self) -> int:
-        return int(bool(self.tags)) + int(self.applies_to_all)
+    def _targets(self) -> dict[str, bool]:
+        """Each way to name a target (by its key) and whether it is given."""
+        return {"tags": bool(self.tags), "all": self.applies_to_all}
+
+    @field_validator("name")
+    @classmethod
+    def _strip_name(cls, name: str) -> str:
+        if not name.strip():
+            raise ValueError("must not be empty")
+        return name.strip()
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, tags: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not t or len(t) > 100 for t in tags):
+            raise ValueError("each tag must be 1-100 characters")
+        return tags
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, cron: str | None) -> str | None:
+        return None if cron is None else check_cron(cron, UTC)  # matches in no zone or all
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, name: str | None) -> str | None:
+        if name is not None:
+            zone(name)
+        return name
 
     @model_validator(mode="after")
     def _check_window(self) -> WindowFields:
-        self.name = self.name.strip()
-        if not self.name:
-            raise ValueError("name must not be empty")
-        if self._target_count() != 1:
-            raise ValueError("give exactly one target: an endpoint, tags, or all = true")
-        if any(not t or len(t) > 100 for t in self.tags):
-            raise ValueError("each tag must be 1-100 characters")
+        targets = self._targets()
+        given = [key for key, present in targets.items() if present]
+        if len(given) != 1:
+            message = "give exactly one target: an endpoint, tags, or all = true"
+            raise FieldValueError(message, *(given or targets))
         start, end = self.start_time, self.end_time
         if start is not None and end is not None and end <= start:
-            raise ValueError("end_time must be after start_time")
+            raise FieldValueError("end_time must be after start_time", "end_time")
         if self.cron is None:
             if start is None or end is None:
-                raise ValueError("a one-off window needs start_time and end_time")
-            if self.duration is not None or self.timezone is not None:
-                raise ValueError("duration and timezone apply only with cron")
+                missing = [k for k, v in (("start_time", start), ("end_time", end)) if v is None]
+                raise FieldValueError("a one-off window needs start_time and end_time", *missing)
+            extra = [k for k in ("duration", "timezone") if getattr(self, k) is not None]
+            if extra:
+                raise FieldValueError("duration and timezone apply only with cron", *extra)
             return self
-        if self.duration is None or self.timezone is None:
-            raise ValueError("a recurring window needs cron, duration and timezone")
-        if not timedelta(0) < self.duration <= MAX_DURATION:
-            raise ValueError("duration must be more than 0 and at most 31 days")
-        self.cron = check_cron(self.cron, zone(self.timezone))
+        missing = [k for k in ("duration", "timezone") if getattr(self, k) is None]
+        if missing:
+            raise FieldValueError("a recurring window needs cron, duration and timezone", *missing)
         return self
 
 
@@ -126,17 +175,17 @@ class MaintenanceConfig(WindowFields):
 
     endpoint: str | None = None
 
-    def _target_count(self) -> int:
-        return super()._target_count() + int(self.endpoint is not None)
+    def _targets(self) -> dict[str, bool]:
+        return {"endpoint": self.endpoint is not None, **super()._targets()}
 
 
 class WindowInput(WindowFields):
     """A window created or replaced through the API."""
 
-    endpoint_id: Annotated[int, Field(ge=1)] | None = None
+    endpoint_id: Annotated[int, Field(ge=1, le=MAX_ID)] | None = None
 
-    def _target_count(self) -> int:
-        return super()._target_count() + int(self.endpoint_id is not None)
+    def _targets(self) -> dict[str, bool]:
+        return {"endpoint_id": self.endpoint_id is not None, **super()._targets()}
 
 
 @dataclass(frozen=True, slots=True)

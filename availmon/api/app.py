@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from availmon.errors import (
     Conflict,
@@ -18,6 +20,7 @@ from availmon.errors import (
     StorageError,
     ValidationFailed,
     key_path,
+    text_problem,
 )
 from availmon.logs import get_logger
 from availmon.services import (
@@ -132,19 +135,21 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _nul_fields(data: Any) -> list[FieldError]:
-    """Strings (values or keys) holding U+0000, which PostgreSQL cannot store in text/jsonb."""
+def _text_fields(data: Any) -> list[FieldError]:
+    """Strings (values or keys) that PostgreSQL cannot store in text/jsonb (text_problem)."""
     found: list[FieldError] = []
     stack: list[tuple[tuple[int | str, ...], Any]] = [((), data)]
     while stack:  # no recursion: json.loads accepts nesting nearly as deep as the stack
         loc, value = stack.pop()
-        if isinstance(value, str) and "\x00" in value:
-            found.append(FieldError(key_path(loc), "must not contain the NUL character (U+0000)"))
+        if isinstance(value, str):
+            problem = text_problem(value)
+            if problem:
+                found.append(FieldError(key_path(loc), problem))
         elif isinstance(value, list):
             stack.extend(((*loc, i), item) for i, item in enumerate(value))
         elif isinstance(value, dict):
             stack.extend(((*loc, k), item) for k, item in value.items())
-            stack.extend(((*loc, k), k) for k in value if "\x00" in k)
+            stack.extend(((*loc, k), k) for k in value if text_problem(k))
     return sorted(set(found), key=lambda f: f.field)
 
 
@@ -158,10 +163,34 @@ async def read_json(request: web.Request) -> Any:
         raise ValidationFailed(f"request body is not valid JSON: {exc}", []) from None
     except RecursionError:
         raise ValidationFailed("request body is nested too deeply", []) from None
-    problems = _nul_fields(data)
+    problems = _text_fields(data)
     if problems:
         raise ValidationFailed("invalid request body", problems)
     return data
+
+
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server logger (RequestHandler's `logger`): a request its parser refused
+    (duplicate Content-Type, a request line over 8190 bytes, ...) is the client's mistake, so it
+    is one warning without a traceback; every other error is logged as aiohttp logs it.
+
+    aiohttp answers those requests itself, in plain text: they never reach the app, so no
+    middleware sees them, and changing the body would mean replacing aiohttp's RequestHandler
+    and Server classes, which AppRunner does not let us choose."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            remote = args[0] if args else None
+            log.warning(
+                "http_request_rejected", status=exc_info.code, reason=exc_info.message,
+                remote=remote,
+            )  # fmt: skip
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+def server_log() -> ServerLog:
+    return ServerLog(logging.getLogger("aiohttp.server"), {})
 
 
 def create_app(deps: ApiDeps) -> web.Application:

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from availmon.api.app import DEPS, METRICS_CONTENT_TYPE, METRICS_PATH, read_json
+from availmon.clock import in_time_range
 from availmon.errors import FieldError, ValidationFailed
 from availmon.model import Endpoint, ProbeResult, Severity, StatusRow
 
@@ -98,7 +99,11 @@ class Query:
         if value.tzinfo is None:
             self.problems.append(FieldError(key, "needs a UTC offset, e.g. 2026-01-01T00:00:00Z"))
             return None
-        return value
+        try:
+            return in_time_range(value)
+        except ValueError as exc:  # year 1 or 9999 with an offset overflows later arithmetic
+            self.problems.append(FieldError(key, str(exc)))
+            return None
 
     def str(self, key: str) -> str | None:
         return self._q.get(key)

@@ -20,7 +20,9 @@ _READ_ONLY = {
 @routes.patch("/api/v1/outages/{id}")
 async def update_outage(request: web.Request) -> web.Response:
     """{"acknowledged_by": "..."} acknowledges; {"resolved_by": "...", "notes": "..."}
-    resolves; {"notes": "..."} alone sets the notes. The server sets every time."""
+    resolves; {"notes": "..."} alone sets the notes; given together, acknowledged_by is applied
+    first (an outage resolved without an acknowledgement stays unacknowledged). The server sets
+    every time."""
     outage_id = _path_id(request)
     data = await read_json(request)
     if not isinstance(data, dict):

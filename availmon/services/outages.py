@@ -16,7 +16,8 @@ from availmon.store.outages import OutageRecord
 
 
 class OutagePatch(BaseModel):
-    """PATCH /api/v1/outages/{id}: acknowledge, resolve, or set notes (server sets times)."""
+    """PATCH /api/v1/outages/{id}: acknowledge, resolve, set notes, or several of them at once
+    (the server sets the times)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -45,7 +46,9 @@ class OutageManagementService:
         return await self._repo.resolve_outage(outage_id, datetime.now(UTC), by, notes)
 
     async def update_outage(self, outage_id: int, data: dict[str, Any]) -> OutageRecord:
-        """Apply a PATCH body: acknowledged_by, then resolved_by (+ notes), or notes alone."""
+        """Apply a PATCH body: any of acknowledged_by, resolved_by and notes, in that order
+        (acknowledge, then resolve with the notes; notes alone set them). A 409 from the
+        acknowledgement stops there: nothing else is changed."""
         try:
             patch = OutagePatch.model_validate(data)
         except ValidationError as exc:
@@ -54,7 +57,12 @@ class OutageManagementService:
         if not given:
             raise ValidationFailed(
                 "invalid outage update",
-                [FieldError("", "give acknowledged_by, resolved_by or notes")],
+                [FieldError("body", "give at least one of acknowledged_by, resolved_by, notes")],
+            )
+        nulls = [k for k in ("acknowledged_by", "resolved_by") if k in given and not data[k]]
+        if nulls:  # a null would do nothing, silently; notes = null clears the notes
+            raise ValidationFailed(
+                "invalid outage update", [FieldError(k, "must be a name, not null") for k in nulls]
             )
         outage = await self._repo.get_outage(outage_id)
         if patch.acknowledged_by is not None:

@@ -16,7 +16,7 @@ import asyncpg
 import structlog
 from pydantic import ValidationError
 
-from availmon.errors import Conflict, NotFound, StorageError
+from availmon.errors import Conflict, NotFound, StorageError, text_problem
 from availmon.model import Endpoint, EndpointSource
 from availmon.specs import ENDPOINT_ADAPTER, AnyEndpoint
 from availmon.store.charts import ChartQueries
@@ -193,6 +193,8 @@ class Repository(StatusHistory, OutageHistory, MaintenanceStore, ChartQueries):
 
     @storage_errors
     async def get_endpoint_by_name(self, name: str) -> Endpoint | None:
+        if text_problem(name):  # NUL, a lone surrogate: PostgreSQL refuses them, none is stored
+            return None
         row = await self._pool.fetchrow(
             f"SELECT {_ENDPOINT_SELECT} FROM endpoints WHERE name = $1 AND deleted_at IS NULL",
             name,

@@ -141,7 +141,8 @@ async def test_maintenance_crud_validation_and_the_endpoint_view(pg_dsn: str, sw
         status, body = await call(daemon, "POST", base, {"name": "x", "all": True})
         assert status == 422
         assert body["error"]["fields"] == [
-            {"field": "", "message": "a one-off window needs start_time and end_time"}
+            {"field": "start_time", "message": "a one-off window needs start_time and end_time"},
+            {"field": "end_time", "message": "a one-off window needs start_time and end_time"},
         ]
         status, body = await call(
             daemon,

@@ -156,7 +156,13 @@ async def test_acknowledge_and_resolve_over_the_api(pg_dsn: str, switch: Switch)
         status, body = await call(daemon, "PATCH", path, {"acknowledge": "x"})
         assert status == 422 and body["error"]["fields"][0]["message"] == "unknown key"
         status, body = await call(daemon, "PATCH", path, {})
-        assert status == 422
+        assert status == 422 and body["error"]["fields"] == [
+            {"field": "body", "message": "give at least one of acknowledged_by, resolved_by, notes"}
+        ]
+        status, body = await call(daemon, "PATCH", path, {"acknowledged_by": None, "notes": "x"})
+        assert status == 422 and body["error"]["fields"] == [
+            {"field": "acknowledged_by", "message": "must be a name, not null"}
+        ]
         status, body = await call(daemon, "PATCH", "/api/v1/outages/999999", {"notes": "x"})
         assert status == 404
         status, body = await call(daemon, "PATCH", path, {"acknowledged_by": "alice"})
@@ -177,6 +183,33 @@ async def test_acknowledge_and_resolve_over_the_api(pg_dsn: str, switch: Switch)
         status, fetched = await call(daemon, "GET", path)
         assert fetched == body
         assert daemon.monitor.all()[0].machine.state.hold
+
+
+async def test_acknowledge_and_resolve_in_one_patch(pg_dsn: str, switch: Switch):
+    """README: the keys combine; acknowledged_by is applied first, and a 409 from it (already
+    acknowledged) stops the request before anything is resolved."""
+    switch.mode = "down"
+    async with build_daemon(settings(pg_dsn, [web_endpoint(switch)])) as daemon:
+
+        async def opened() -> bool:
+            return len(await outages(pg_dsn)) == 1
+
+        await wait_for(opened)
+        outage_id = (await outages(pg_dsn))[0]["id"]
+        path = f"/api/v1/outages/{outage_id}"
+        both = {"acknowledged_by": "a", "resolved_by": "b", "notes": "restarted the pool"}
+        status, body = await call(daemon, "PATCH", path, both)
+        assert status == 200, body
+        assert body["acknowledged_by"] == "a" and body["acknowledged_at"]
+        assert body["resolved_by"] == "b" and body["resolution"] == "manual"
+        assert body["notes"] == "restarted the pool" and body["ended_at"]
+        (row,) = await outages(pg_dsn)
+        assert row["acknowledged_by"] == "a" and row["resolved_by"] == "b"
+        assert row["acknowledged_at"] <= row["ended_at"]
+        again = {"acknowledged_by": "c", "resolved_by": "d"}
+        status, body = await call(daemon, "PATCH", path, again)
+        assert status == 409, body
+        assert await outages(pg_dsn) == [row]  # nothing changed
 
 
 async def test_manual_resolve_while_failing_holds_until_recovery_even_across_a_restart(

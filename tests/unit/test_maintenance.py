@@ -229,28 +229,35 @@ def errors(**fields: Any) -> dict[str, str]:
     return {e.field: e.message for e in field_errors(info.value)}
 
 
+TARGET = "give exactly one target: an endpoint, tags, or all = true"
+
+
 def test_validation_names_the_problem():
     base = {"name": "x", "endpoint_id": 1}
     assert errors(name="x", start_time="2026-01-01T00:00:00Z", end_time="2026-01-02T00:00:00Z") == {
-        "": "give exactly one target: an endpoint, tags, or all = true"
+        "endpoint_id": TARGET,
+        "tags": TARGET,
+        "all": TARGET,
     }
+    span = {"start_time": "2026-01-01T00:00:00Z", "end_time": "2026-01-02T00:00:00Z"}
+    assert errors(**base, all=True, **span) == {"endpoint_id": TARGET, "all": TARGET}
     assert errors(**base, start_time="2026-01-01T00:00:00Z") == {
-        "": "a one-off window needs start_time and end_time"
+        "end_time": "a one-off window needs start_time and end_time"
     }
     assert errors(**base, start_time="2026-01-02T00:00:00Z", end_time="2026-01-01T00:00:00Z") == {
-        "": "end_time must be after start_time"
+        "end_time": "end_time must be after start_time"
     }
     assert errors(**base, cron="0 2 * * TUE", duration="2h") == {
-        "": "a recurring window needs cron, duration and timezone"
+        "timezone": "a recurring window needs cron, duration and timezone"
     }
     assert errors(**base, cron="0 2 * *", duration="2h", timezone=BERLIN) == {
-        "": "'0 2 * *' must have 5 fields: minute hour day-of-month month weekday"
+        "cron": "'0 2 * *' must have 5 fields: minute hour day-of-month month weekday"
     }
     assert errors(**base, cron="0 25 * * *", duration="2h", timezone=BERLIN) == {
-        "": "'0 25 * * *' is not a valid cron expression: Bad hour"
+        "cron": "'0 25 * * *' is not a valid cron expression: Bad hour"
     }
     assert errors(**base, cron="0 2 * * *", duration="2h", timezone="Mars/Olympus") == {
-        "": "'Mars/Olympus' is not an IANA time zone (e.g. 'Europe/Berlin')"
+        "timezone": "'Mars/Olympus' is not an IANA time zone (e.g. 'Europe/Berlin')"
     }
     assert errors(**base, cron="0 2 * * *", duration="2 fortnights", timezone=BERLIN) == {
         "duration": "'2 fortnights' is not a duration: use seconds or e.g. '2h', '1h30m', '90m'"
@@ -306,8 +313,24 @@ reminder_interval = 3600
     "body,expected",
     [
         (
-            '[[maintenance]]\nname = "a"\nall = true\n',
-            "maintenance[0]: a one-off window needs start_time and end_time",
+            '[[maintenance]]\nname = "a"\nall = true\nstart_time = 2026-05-01T22:00:00Z\n',
+            "maintenance[0].end_time: a one-off window needs start_time and end_time",
+        ),
+        (
+            '[[maintenance]]\nname = "a"\nall = true\ncron = "0 2 * * *"\nduration = 1e30\n'
+            'timezone = "UTC"\n',
+            "maintenance[0].duration: must be more than 0 and at most 31 days",
+        ),
+        (
+            '[[maintenance]]\nname = "a"\nall = true\ncron = "0 2 * * *"\nduration = "1h"\n'
+            'timezone = "Europe"\n',  # a directory of the tz database: was an OSError
+            "maintenance[0].timezone: 'Europe' is not an IANA time zone (e.g. 'Europe/Berlin')",
+        ),
+        (
+            '[[maintenance]]\nname = "a"\nendpoint = "web"\ntags = ["x"]\n'
+            "start_time = 0001-01-01T00:00:00+05:00\nend_time = 2026-01-01T00:00:00Z\n",
+            "maintenance[0].start_time: must be between 1970-01-01T00:00:00Z and "
+            "9000-01-01T00:00:00Z",
         ),
         (
             '[[maintenance]]\nname = "a"\nall = true\ncron = "0 2 * * *"\nduration = "1h"\n'
