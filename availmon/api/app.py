@@ -25,6 +25,7 @@ from availmon.services import (
     OutageManagementService,
     ServiceAvailabilityCollector,
 )
+from availmon.spectext import unstorable
 
 log = get_logger("availmon.api")
 
@@ -132,19 +133,22 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _nul_fields(data: Any) -> list[FieldError]:
-    """Strings (values or keys) holding U+0000, which PostgreSQL cannot store in text/jsonb."""
+def _unstorable_fields(data: Any) -> list[FieldError]:
+    """Strings (values or keys) holding U+0000 or a lone surrogate ("\\ud800" is valid JSON),
+    which PostgreSQL cannot store in text/jsonb: a 422 here, not its error as a 503 later."""
     found: list[FieldError] = []
     stack: list[tuple[tuple[int | str, ...], Any]] = [((), data)]
     while stack:  # no recursion: json.loads accepts nesting nearly as deep as the stack
         loc, value = stack.pop()
-        if isinstance(value, str) and "\x00" in value:
-            found.append(FieldError(key_path(loc), "must not contain the NUL character (U+0000)"))
+        if isinstance(value, str):
+            problem = unstorable(value)
+            if problem:
+                found.append(FieldError(key_path(loc), problem))
         elif isinstance(value, list):
             stack.extend(((*loc, i), item) for i, item in enumerate(value))
         elif isinstance(value, dict):
             stack.extend(((*loc, k), item) for k, item in value.items())
-            stack.extend(((*loc, k), k) for k in value if "\x00" in k)
+            stack.extend(((*loc, k), k) for k in value if unstorable(k))
     return sorted(set(found), key=lambda f: f.field)
 
 
@@ -158,7 +162,7 @@ async def read_json(request: web.Request) -> Any:
         raise ValidationFailed(f"request body is not valid JSON: {exc}", []) from None
     except RecursionError:
         raise ValidationFailed("request body is nested too deeply", []) from None
-    problems = _nul_fields(data)
+    problems = _unstorable_fields(data)
     if problems:
         raise ValidationFailed("invalid request body", problems)
     return data

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from availmon.errors import Conflict, NotFound, StorageError
 from availmon.model import Endpoint, EndpointSource
-from availmon.specs import ENDPOINT_ADAPTER, AnyEndpoint
+from availmon.specs import AnyEndpoint, validate_stored
 from availmon.store.charts import ChartQueries
 from availmon.store.maintenance import MaintenanceStore
 from availmon.store.outages import OutageHistory
@@ -42,7 +42,7 @@ _UPDATE_ENDPOINT = (
 
 def _endpoint(row: Any) -> Endpoint:
     try:
-        spec = ENDPOINT_ADAPTER.validate_python(row["spec"])
+        spec = validate_stored(row["spec"])
     except ValidationError as exc:
         raise StorageError(
             f"stored spec of endpoint {row['id']} no longer validates: {exc}"

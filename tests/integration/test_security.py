@@ -81,15 +81,19 @@ async def assert_tables_intact(dsn: str, live_endpoints: int) -> None:
     assert rows[0]["n"] == live_endpoints
 
 
-def hostile_endpoints() -> list[dict[str, Any]]:
+def hostile_endpoints(folder: Path) -> list[dict[str, Any]]:
+    """One endpoint per protocol with SQL in every string field (what each field can hold: a
+    url has no spaces, a header name is a token, a ca_file names a file that is there)."""
     h = HOSTILE
+    ca_file = folder / f"{h[1]}.pem"
+    ca_file.write_text("not a certificate: the check fails, as data")
     return [
         {
             "name": "inj http ) OR (1 -- DROP TABLE statuses",
-            "url": "http://127.0.0.1:9/" + h[0],
+            "url": "http://127.0.0.1:9/" + quote(h[0], safe="';-"),
             "tags": h,
             "expected_pattern": h[5],
-            "headers": {"X-Inj": h[2], "X-'; DROP TABLE endpoints; --": h[3]},
+            "headers": {"X-Inj": h[2], "X-'|'DROP_TABLE_endpoints'--": h[3]},
             "method": "POST",
             "body": h[4],
             **SLOW,
@@ -99,7 +103,7 @@ def hostile_endpoints() -> list[dict[str, Any]]:
             "url": "tcp://127.0.0.1:9",
             "send": h[0],
             "tls": True,
-            "ca_file": f"/nonexistent/{h[1]}.pem",
+            "ca_file": str(ca_file),
             "tags": [h[5]],
             **SLOW,
         },
@@ -123,10 +127,10 @@ def assert_same(given: dict[str, Any], stored: dict[str, Any]) -> None:
 
 
 async def test_injection_through_every_string_field_is_stored_verbatim(
-    api: Api, daemon: Daemon, pg_dsn: str
+    api: Api, daemon: Daemon, pg_dsn: str, tmp_path: Path
 ):
     created = {}
-    for body in hostile_endpoints():
+    for body in hostile_endpoints(tmp_path):
         status, endpoint = await api.call("POST", "/api/v1/endpoints", body)
         assert status == 201, endpoint
         assert_same(body, endpoint)
