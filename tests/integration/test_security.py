@@ -197,6 +197,59 @@ async def test_what_postgresql_cannot_store_is_refused_with_a_422(api: Api, pg_d
     await assert_tables_intact(pg_dsn, 1)
 
 
+async def test_header_injection_is_refused_with_a_422_naming_the_field(api: Api, pg_dsn: str):
+    """A CR or LF in a header would end its line on the wire and start one of the caller's."""
+    web = {"name": "hdr", "url": "http://127.0.0.1:9/", **SLOW}
+    for headers, message in (
+        (
+            {"X-Trace": "c\r\nX-Injected: y"},
+            "header 'X-Trace': the value must not contain CR (U+000D);"
+            " tabs, spaces and visible Latin-1 text only",
+        ),
+        (
+            {"X-Injected: y\r\nX-Trace": "c"},
+            "header name 'X-Injected: y\\r\\nX-Trace' has ':' (U+003A): a name is a token"
+            " of letters, digits and !#$%&'*+-.^_`|~ (RFC 9110)",
+        ),
+    ):
+        status, answer = await api.call("POST", "/api/v1/endpoints", {**web, "headers": headers})
+        assert status == 422, answer
+        assert answer["error"]["fields"] == [{"field": "headers", "message": message}]
+    status, created = await api.call("POST", "/api/v1/endpoints", web)
+    assert status == 201
+    patch = {"headers": {"X-Trace": "c\nX-Injected: y"}}
+    status, answer = await api.call("PATCH", f"/api/v1/endpoints/{created['id']}", patch)
+    assert status == 422 and [f["field"] for f in answer["error"]["fields"]] == ["headers"]
+    url = "http://127.0.0.1:9/a\r\nX-Injected: y"
+    status, answer = await api.call("POST", "/api/v1/endpoints", {**web, "url": url})
+    assert status == 422 and [f["field"] for f in answer["error"]["fields"]] == ["url"]
+    await assert_tables_intact(pg_dsn, 2)
+
+
+async def test_lone_surrogates_are_refused_with_a_422_not_a_503(api: Api, pg_dsn: str):
+    """ "\\ud800" is valid JSON but no text PostgreSQL can store: it answered 503
+    storage_unavailable, with the database's words, after the spec had validated."""
+    base = {"name": "sur", "url": "http://127.0.0.1:9/", **SLOW}
+    for extra, field in (
+        ({"tags": ["ok", "\ud800"]}, "tags[1]"),
+        ({"headers": {"X-Trace": "\ud800"}}, "headers.X-Trace"),
+        ({"body": "a\udfffb"}, "body"),
+        ({"expected_pattern": "\ud800"}, "expected_pattern"),
+    ):
+        status, answer = await api.call("POST", "/api/v1/endpoints", {**base, **extra})
+        assert status == 422, (extra, answer)
+        assert answer["error"]["code"] == "validation_error"
+        (problem,) = answer["error"]["fields"]
+        assert problem["field"] == field and "lone surrogate" in problem["message"], problem
+    status, created = await api.call("POST", "/api/v1/endpoints", base)
+    assert status == 201
+    status, answer = await api.call(
+        "PATCH", f"/api/v1/endpoints/{created['id']}", {"tags": ["\udc00"]}
+    )
+    assert status == 422 and [f["field"] for f in answer["error"]["fields"]] == ["tags[0]"]
+    await assert_tables_intact(pg_dsn, 2)
+
+
 async def test_patterns_too_costly_to_compile_or_not_bytes_are_refused(api: Api, pg_dsn: str):
     """A pattern is compiled while the request is served: (?:a{1000}){1000} takes 270 MB
     (and (?:a{3000}){3000} 2.4 GB); "(?u)" compiles as text but not as the bytes a TCP probe
