@@ -93,18 +93,6 @@ class FieldValueError(ValueError):
         self.fields = fields
 
 
-def text_problem(text: str) -> str | None:
-    """Why PostgreSQL cannot take `text` as a text/jsonb value, or None when it can: U+0000,
-    or a lone surrogate (JSON's "\\ud800"; not encodable as UTF-8)."""
-    if "\x00" in text:
-        return "must not contain the NUL character (U+0000)"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "must not contain a lone surrogate (U+D800-U+DFFF)"
-    return None
-
-
 _UNION_TAGS = frozenset({"http", "tcp", "udp", "icmp", "dns"})
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # TOML's bare keys; others are shown quoted
 

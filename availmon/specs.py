@@ -2,7 +2,8 @@
 
 They are pydantic models because the same validation must hold for the TOML file, the HTTP API
 and the in-process Python API. This module imports nothing of ours but `model` (the enums) and
-the leaf module `patterns` (the regex engine patterns are validated with). It is long for a
+the leaf modules `patterns` (the regex engine patterns are validated with) and `spectext`
+(what a string, a URL's text, a header or a file name may be). It is long for a
 reason: the five protocol models and the rules that tie their fields together read best side
 by side.
 """
@@ -12,9 +13,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -22,13 +24,18 @@ from pydantic import (
     StringConstraints,
     Tag,
     TypeAdapter,
+    ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from availmon.model import Protocol, Severity
 from availmon.patterns import check_syntax
+from availmon.spectext import FilePath, Text, check_headers, check_url_text
 
 _STATUS_CLASS = re.compile(r"^[1-5]xx$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:/@()+-]{0,199}$")
@@ -52,7 +59,11 @@ class EndpointBase(BaseModel):
     # Only name and url are stripped: patterns, send and body keep every byte as given.
     name: Annotated[str, StringConstraints(strip_whitespace=True)]
     protocol: Protocol
-    url: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2048)]
+    url: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, max_length=2048),
+        AfterValidator(check_url_text),  # whitespace or controls inside: after the strip
+    ]
     check_interval: float = Field(default=60.0, gt=0, le=86400, description="Seconds")
     # validate_default: the default must also be under check_interval, or the stored spec
     # (every field written out) would fail validation when it is read back
@@ -60,14 +71,14 @@ class EndpointBase(BaseModel):
         default=10.0, gt=0, le=3600, validate_default=True, description="Seconds, per attempt"
     )
     retries: int = Field(default=0, ge=0, le=10)
-    expected_pattern: str | None = None
+    expected_pattern: Text | None = None
     # finite: jsonb cannot store inf (and it would mean no threshold)
     degraded_threshold_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     failure_threshold: int = Field(default=3, ge=1, le=1000)
     recovery_threshold: int = Field(default=2, ge=1, le=1000)
     recheck_interval: float | None = Field(default=None, gt=0, le=86400)
     severity: Severity = Severity.HIGH
-    tags: tuple[str, ...] = ()
+    tags: tuple[Text, ...] = ()
     is_active: bool = True
 
     @model_validator(mode="before")
@@ -75,7 +86,7 @@ class EndpointBase(BaseModel):
     def _protocol_from_url(cls, data: Any) -> Any:
         if isinstance(data, dict) and "protocol" not in data and isinstance(data.get("url"), str):
             # "host:80" would parse as scheme "host": only a "scheme://" names a protocol.
-            scheme = urlsplit(data["url"]).scheme.lower() if "://" in data["url"] else ""
+            scheme = _url_scheme(data["url"]) if "://" in data["url"] else ""
             if scheme:
                 data = {**data, "protocol": scheme}
         return data
@@ -109,7 +120,7 @@ class EndpointBase(BaseModel):
     @classmethod
     def _check_url_scheme(cls, value: str, info: ValidationInfo) -> str:
         protocol = info.data.get("protocol")
-        scheme = urlsplit(value).scheme.lower()
+        scheme = _split_url(value).scheme.lower()
         if protocol is not None and scheme != protocol.value:
             raise ValueError(
                 f"url scheme {scheme or '(none)'!r} does not match protocol {protocol.value!r}"
@@ -156,11 +167,11 @@ class HttpEndpoint(EndpointBase):
     expected_status_code: StatusCodeSpec = Field(default="2xx", validate_default=True)
     method: Literal["GET", "HEAD", "POST", "PUT", "OPTIONS", "PATCH", "DELETE"] = "GET"
     headers: dict[str, str] = Field(default_factory=dict)
-    body: str | None = None  # sent byte for byte
+    body: Text | None = None  # sent byte for byte
     follow_redirects: bool = True
     max_redirects: int = Field(default=10, ge=0, le=50)
     verify_tls: bool = True  # false: certificates are still recorded, but never judged
-    ca_file: str | None = None
+    ca_file: FilePath | None = None
     max_body_bytes: int = Field(default=1024 * 1024, ge=0, le=256 * 1024 * 1024)
     # DEGRADED when a verified certificate (of any hop) expires within this many days.
     cert_expiry_warning_days: float = Field(default=14, ge=0, le=3650)
@@ -185,11 +196,18 @@ class HttpEndpoint(EndpointBase):
                 raise ValueError(f"{item!r} is neither a status code nor a class like '2xx'")
         return out
 
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_headers(value)
+
     @field_validator("url")
     @classmethod
     def _check_http_url(cls, value: str) -> str:
-        if not urlsplit(value).hostname:
+        parts = _split_url(value)
+        if not parts.hostname:
             raise ValueError(f"url {value!r} has no host")
+        _check_address(value, parts)
         return value
 
     def status_code_ok(self, code: int) -> bool:
@@ -198,13 +216,58 @@ class HttpEndpoint(EndpointBase):
         return _status_code_matches(code, expected)
 
 
-def _check_host_port_url(value: str, scheme: str) -> str:
-    parts = urlsplit(value)
+def _split_url(value: str) -> SplitResult:
+    try:
+        return urlsplit(value)
+    except ValueError as exc:  # "http://[::1": urlsplit's own words
+        raise ValueError(f"url {value!r} cannot be parsed: {exc}") from None
+
+
+def _port(value: str, parts: SplitResult) -> int | None:
+    """The url's port, if it names one; 1-65535 (urlsplit takes 0 and says nothing of it)."""
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"url {value!r} has an invalid port") from None
-    if not parts.hostname or port is None:
+        port = 0
+    if port == 0:
+        raise ValueError(f"url {value!r} has an invalid port: it must be 1-65535")
+    return port
+
+
+def _host_problem(host: str) -> str | None:
+    """Why `host` is neither an IP address nor a DNS name; None when it is one of them."""
+    if _is_ip(host) or _HOST_NAME.fullmatch(host):
+        return None
+    if not host.isascii():
+        try:
+            encoded = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            return "is not a valid internationalised (IDNA) name"
+        return f"is not ASCII: write it in its IDNA form, {encoded!r}"
+    name = host.removesuffix(".")
+    if len(name) > 253:
+        return "is longer than 253 characters"
+    for label in name.split("."):
+        if not label:
+            return "has an empty label"
+        if len(label) > 63:
+            return f"has a label of {len(label)} characters (at most 63)"
+        if label.startswith("-") or label.endswith("-"):
+            return f"has a label {label!r} that starts or ends with a hyphen"
+    return "may hold only letters, digits, hyphens, underscores and dots"
+
+
+def _check_address(value: str, parts: SplitResult) -> int | None:
+    """Check the url's host (an IP address or a DNS name) and port; return the port."""
+    problem = _host_problem(parts.hostname or "")
+    if problem:
+        raise ValueError(f"url {value!r}: host {parts.hostname!r} {problem}")
+    return _port(value, parts)
+
+
+def _check_host_port_url(value: str, scheme: str) -> str:
+    parts = _split_url(value)
+    if not parts.hostname or _check_address(value, parts) is None:
         raise ValueError(f"url {value!r} must look like {scheme}://host:port")
     if parts.path not in ("", "/") or parts.query:
         raise ValueError(f"url {value!r} must not have a path or query")
@@ -225,12 +288,12 @@ def _url_port(url: str, default: int | None = None) -> int:
 
 class TcpEndpoint(EndpointBase):
     protocol: Literal[Protocol.TCP]
-    send: str | None = None  # sent byte for byte: "PING\r\n" keeps its "\r\n"
+    send: Text | None = None  # sent byte for byte: "PING\r\n" keeps its "\r\n"
     max_read_bytes: int = Field(default=64 * 1024, ge=1, le=16 * 1024 * 1024)
     tls: bool = False  # TLS handshake right after connect; send and pattern then go over TLS
     verify_tls: bool = True
-    ca_file: str | None = None
-    server_name: str | None = None  # SNI and the name verified; default: the url's host
+    ca_file: FilePath | None = None
+    server_name: Text | None = None  # SNI and the name verified; default: the url's host
     cert_expiry_warning_days: float = Field(default=14, ge=0, le=3650)
 
     @field_validator("url")
@@ -241,7 +304,7 @@ class TcpEndpoint(EndpointBase):
     @field_validator("server_name")
     @classmethod
     def _check_server_name(cls, value: str | None) -> str | None:
-        if value is not None and not _HOST_NAME.match(value):
+        if value is not None and _host_problem(value):
             raise ValueError(f"{value!r} is not a host name")
         return value
 
@@ -263,9 +326,13 @@ class TcpEndpoint(EndpointBase):
         return _url_port(self.url)
 
 
+# A DNS name (with fullmatch): labels of 1-63 letters, digits, hyphens and underscores, not
+# starting or ending with a hyphen; 253 characters in all, and a trailing dot allowed. The
+# underscore is no host name's, but DNS names have it (_sip._tcp, Docker's service_1) and the
+# resolver takes it.
 _HOST_NAME = re.compile(
-    r"^(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$"
+    r"(?=.{1,253}\.?\Z)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
 )
 
 
@@ -273,12 +340,19 @@ class UdpEndpoint(EndpointBase):
     """Send one datagram; UP when a datagram (matching expected_pattern, if set) comes back."""
 
     protocol: Literal[Protocol.UDP]
-    send: str  # required: a UDP service answers only what it is asked; sent byte for byte
+    send: Text  # required: a UDP service answers only what it is asked; sent byte for byte
 
     @field_validator("url")
     @classmethod
     def _check_udp_url(cls, value: str) -> str:
         return _check_host_port_url(value, "udp")
+
+    @field_validator("send")
+    @classmethod
+    def _check_send(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty: a UDP service answers only what it is asked")
+        return value
 
     @property
     def host(self) -> str:
@@ -317,13 +391,14 @@ class IcmpEndpoint(EndpointBase):
     @field_validator("url")
     @classmethod
     def _check_icmp_url(cls, value: str) -> str:
-        parts = urlsplit(value)
+        parts = _split_url(value)
         try:
             port = parts.port
         except ValueError:
             port = -1
         if not parts.hostname or port is not None or parts.path not in ("", "/") or parts.query:
             raise ValueError(f"url {value!r} must be a bare host or look like icmp://host")
+        _check_address(value, parts)
         return value
 
     @field_validator("packet_interval")
@@ -365,7 +440,7 @@ class DnsEndpoint(EndpointBase):
     record_type: DnsRecordType = "A"
     expected_rcode: DnsRcode = "NOERROR"
     # Values that must all be among the answers of record_type (after any CNAME chain).
-    expected_answers: tuple[str, ...] = ()
+    expected_answers: tuple[Text, ...] = ()
     transport: Literal["udp", "tcp"] = "udp"  # udp retries over TCP when the answer is truncated
     recursion_desired: bool = True
 
@@ -379,15 +454,12 @@ class DnsEndpoint(EndpointBase):
     @field_validator("url")
     @classmethod
     def _check_dns_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        try:
-            parts.port  # noqa: B018 - parsing is the check
-        except ValueError:
-            raise ValueError(f"url {value!r} has an invalid port") from None
+        parts = _split_url(value)
         name = parts.path[1:]
         if not parts.hostname or not name or parts.query or parts.fragment:
             raise ValueError(f"url {value!r} must look like dns://server[:port]/name")
-        if name != "." and not _HOST_NAME.match(name) and not _is_ip(name):
+        _check_address(value, parts)
+        if name != "." and not _HOST_NAME.fullmatch(name) and not _is_ip(name):
             raise ValueError(f"{name!r} in url {value!r} is not a DNS name")
         return value
 
@@ -440,6 +512,13 @@ def _is_ip(text: str) -> bool:
     return _ip_version(text) is not None
 
 
+def _url_scheme(url: str) -> str:
+    try:
+        return urlsplit(url).scheme.lower()
+    except ValueError:  # "http://[::1": the url validators say why, as a field error
+        return url.split("://", 1)[0].strip().lower()
+
+
 def _endpoint_tag(data: Any) -> str | None:
     if isinstance(data, BaseModel):
         data = data.model_dump()
@@ -449,10 +528,7 @@ def _endpoint_tag(data: Any) -> str | None:
     url = data.get("url")
     if protocol is None and isinstance(url, str):
         if "://" in url:
-            try:
-                protocol = urlsplit(url).scheme.lower()
-            except ValueError:  # "http://[::1": the url validators say why, as a field error
-                protocol = url.split("://", 1)[0].strip().lower()
+            protocol = _url_scheme(url)
         elif url.strip():
             protocol = "icmp"  # a bare host
     protocol = str(protocol).lower() if protocol else None
@@ -463,6 +539,30 @@ def _endpoint_tag(data: Any) -> str | None:
     return None
 
 
+def _protocol_field(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """An endpoint whose protocol is unknown: the error names the key that gave it.
+
+    The discriminator's own error has no location (it is the whole endpoint's), so a config
+    file read `endpoints[3]: protocol must be ...`; this says `endpoints[3].url` (or
+    `.protocol` when it was given explicitly), and `url: Field required` when neither was."""
+    if not isinstance(value, dict) or _endpoint_tag(value) is not None:
+        return handler(value)
+    field = "protocol" if value.get("protocol") is not None else "url"
+    if field not in value:
+        error = InitErrorDetails(type="missing", loc=(field,), input=value)
+    else:
+        error = InitErrorDetails(
+            type=PydanticCustomError("invalid_protocol", _PROTOCOL_ERROR),
+            loc=(field,),
+            input=value[field],
+        )
+    raise ValidationError.from_exception_data("endpoint", [error])
+
+
+_PROTOCOL_ERROR = (
+    "protocol must be one of: http, https, tcp, udp, icmp, dns "
+    "(given explicitly, by the url scheme, or a bare host for icmp)"
+)
 EndpointSpec = Annotated[
     Annotated[HttpEndpoint, Tag("http")]
     | Annotated[TcpEndpoint, Tag("tcp")]
@@ -470,11 +570,17 @@ EndpointSpec = Annotated[
     | Annotated[IcmpEndpoint, Tag("icmp")]
     | Annotated[DnsEndpoint, Tag("dns")],
     Discriminator(
-        _endpoint_tag,
-        custom_error_type="invalid_protocol",
-        custom_error_message="protocol must be one of: http, https, tcp, udp, icmp, dns "
-        "(given explicitly, by the url scheme, or a bare host for icmp)",
+        _endpoint_tag, custom_error_type="invalid_protocol", custom_error_message=_PROTOCOL_ERROR
     ),
+    WrapValidator(_protocol_field),
 ]
 AnyEndpoint = HttpEndpoint | TcpEndpoint | UdpEndpoint | IcmpEndpoint | DnsEndpoint
-ENDPOINT_ADAPTER: TypeAdapter[AnyEndpoint] = TypeAdapter(EndpointSpec)
+# the title: "1 validation error for endpoint", not for the wrap validator's name
+ENDPOINT_ADAPTER: TypeAdapter[AnyEndpoint] = TypeAdapter(
+    EndpointSpec, config=ConfigDict(title="endpoint")
+)
+
+
+def validate_stored(data: Any) -> AnyEndpoint:
+    """A spec read back from the store: the files it names are not looked for again."""
+    return ENDPOINT_ADAPTER.validate_python(data, context={"stored": True})

@@ -20,7 +20,6 @@ from availmon.errors import (
     StorageError,
     ValidationFailed,
     key_path,
-    text_problem,
 )
 from availmon.logs import get_logger
 from availmon.services import (
@@ -28,6 +27,7 @@ from availmon.services import (
     OutageManagementService,
     ServiceAvailabilityCollector,
 )
+from availmon.spectext import unstorable
 
 log = get_logger("availmon.api")
 
@@ -135,21 +135,22 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _text_fields(data: Any) -> list[FieldError]:
-    """Strings (values or keys) that PostgreSQL cannot store in text/jsonb (text_problem)."""
+def _unstorable_fields(data: Any) -> list[FieldError]:
+    """Strings (values or keys) holding U+0000 or a lone surrogate ("\\ud800" is valid JSON),
+    which PostgreSQL cannot store in text/jsonb: a 422 here, not its error as a 503 later."""
     found: list[FieldError] = []
     stack: list[tuple[tuple[int | str, ...], Any]] = [((), data)]
     while stack:  # no recursion: json.loads accepts nesting nearly as deep as the stack
         loc, value = stack.pop()
         if isinstance(value, str):
-            problem = text_problem(value)
+            problem = unstorable(value)
             if problem:
                 found.append(FieldError(key_path(loc), problem))
         elif isinstance(value, list):
             stack.extend(((*loc, i), item) for i, item in enumerate(value))
         elif isinstance(value, dict):
             stack.extend(((*loc, k), item) for k, item in value.items())
-            stack.extend(((*loc, k), k) for k in value if text_problem(k))
+            stack.extend(((*loc, k), k) for k in value if unstorable(k))
     return sorted(set(found), key=lambda f: f.field)
 
 
@@ -163,7 +164,7 @@ async def read_json(request: web.Request) -> Any:
         raise ValidationFailed(f"request body is not valid JSON: {exc}", []) from None
     except RecursionError:
         raise ValidationFailed("request body is nested too deeply", []) from None
-    problems = _text_fields(data)
+    problems = _unstorable_fields(data)
     if problems:
         raise ValidationFailed("invalid request body", problems)
     return data

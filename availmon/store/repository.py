@@ -16,9 +16,10 @@ import asyncpg
 import structlog
 from pydantic import ValidationError
 
-from availmon.errors import Conflict, NotFound, StorageError, text_problem
+from availmon.errors import Conflict, NotFound, StorageError
 from availmon.model import Endpoint, EndpointSource
-from availmon.specs import ENDPOINT_ADAPTER, AnyEndpoint
+from availmon.specs import AnyEndpoint, validate_stored
+from availmon.spectext import unstorable
 from availmon.store.charts import ChartQueries
 from availmon.store.maintenance import MaintenanceStore
 from availmon.store.outages import OutageHistory
@@ -42,7 +43,7 @@ _UPDATE_ENDPOINT = (
 
 def _endpoint(row: Any) -> Endpoint:
     try:
-        spec = ENDPOINT_ADAPTER.validate_python(row["spec"])
+        spec = validate_stored(row["spec"])
     except ValidationError as exc:
         raise StorageError(
             f"stored spec of endpoint {row['id']} no longer validates: {exc}"
@@ -193,7 +194,7 @@ class Repository(StatusHistory, OutageHistory, MaintenanceStore, ChartQueries):
 
     @storage_errors
     async def get_endpoint_by_name(self, name: str) -> Endpoint | None:
-        if text_problem(name):  # NUL, a lone surrogate: PostgreSQL refuses them, none is stored
+        if unstorable(name):  # NUL, a lone surrogate: PostgreSQL refuses them, none is stored
             return None
         row = await self._pool.fetchrow(
             f"SELECT {_ENDPOINT_SELECT} FROM endpoints WHERE name = $1 AND deleted_at IS NULL",

@@ -149,12 +149,12 @@ async def test_names_with_nul_or_lone_surrogates_are_not_found_or_refused(api: A
     raw = b'{"name": "\\ud800x", "url": "http://127.0.0.1:1/"}'
     status, body = await api.call("POST", "/api/v1/endpoints", raw=raw)
     assert status == 422
-    assert fields(body) == {"name": "must not contain a lone surrogate (U+D800-U+DFFF)"}
+    assert fields(body) == {"name": "must not contain a lone surrogate (U+D800)"}
     raw = b'{"name": "w", "all": true, "tags": ["\\udfff"], "description": "\\u0000"}'
     status, body = await api.call("POST", WINDOWS, raw=raw)
     assert status == 422 and fields(body) == {
         "description": "must not contain the NUL character (U+0000)",
-        "tags[0]": "must not contain a lone surrogate (U+D800-U+DFFF)",
+        "tags[0]": "must not contain a lone surrogate (U+DFFF)",
     }
 
 

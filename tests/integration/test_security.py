@@ -81,15 +81,19 @@ async def assert_tables_intact(dsn: str, live_endpoints: int) -> None:
     assert rows[0]["n"] == live_endpoints
 
 
-def hostile_endpoints() -> list[dict[str, Any]]:
+def hostile_endpoints(folder: Path) -> list[dict[str, Any]]:
+    """One endpoint per protocol with SQL in every string field (what each field can hold: a
+    url has no spaces, a header name is a token, a ca_file names a file that is there)."""
     h = HOSTILE
+    ca_file = folder / f"{h[1]}.pem"
+    ca_file.write_text("not a certificate: the check fails, as data")
     return [
         {
             "name": "inj http ) OR (1 -- DROP TABLE statuses",
-            "url": "http://127.0.0.1:9/" + h[0],
+            "url": "http://127.0.0.1:9/" + quote(h[0], safe="';-"),
             "tags": h,
             "expected_pattern": h[5],
-            "headers": {"X-Inj": h[2], "X-'; DROP TABLE endpoints; --": h[3]},
+            "headers": {"X-Inj": h[2], "X-'|'DROP_TABLE_endpoints'--": h[3]},
             "method": "POST",
             "body": h[4],
             **SLOW,
@@ -99,7 +103,7 @@ def hostile_endpoints() -> list[dict[str, Any]]:
             "url": "tcp://127.0.0.1:9",
             "send": h[0],
             "tls": True,
-            "ca_file": f"/nonexistent/{h[1]}.pem",
+            "ca_file": str(ca_file),
             "tags": [h[5]],
             **SLOW,
         },
@@ -123,10 +127,10 @@ def assert_same(given: dict[str, Any], stored: dict[str, Any]) -> None:
 
 
 async def test_injection_through_every_string_field_is_stored_verbatim(
-    api: Api, daemon: Daemon, pg_dsn: str
+    api: Api, daemon: Daemon, pg_dsn: str, tmp_path: Path
 ):
     created = {}
-    for body in hostile_endpoints():
+    for body in hostile_endpoints(tmp_path):
         status, endpoint = await api.call("POST", "/api/v1/endpoints", body)
         assert status == 201, endpoint
         assert_same(body, endpoint)
@@ -191,6 +195,59 @@ async def test_what_postgresql_cannot_store_is_refused_with_a_422(api: Api, pg_d
         status, answer = await api.call("POST", "/api/v1/endpoints", raw=raw)
         assert status == 422, (raw[:80], answer)
     await assert_tables_intact(pg_dsn, 1)
+
+
+async def test_header_injection_is_refused_with_a_422_naming_the_field(api: Api, pg_dsn: str):
+    """A CR or LF in a header would end its line on the wire and start one of the caller's."""
+    web = {"name": "hdr", "url": "http://127.0.0.1:9/", **SLOW}
+    for headers, message in (
+        (
+            {"X-Trace": "c\r\nX-Injected: y"},
+            "header 'X-Trace': the value must not contain CR (U+000D);"
+            " tabs, spaces and visible Latin-1 text only",
+        ),
+        (
+            {"X-Injected: y\r\nX-Trace": "c"},
+            "header name 'X-Injected: y\\r\\nX-Trace' has ':' (U+003A): a name is a token"
+            " of letters, digits and !#$%&'*+-.^_`|~ (RFC 9110)",
+        ),
+    ):
+        status, answer = await api.call("POST", "/api/v1/endpoints", {**web, "headers": headers})
+        assert status == 422, answer
+        assert answer["error"]["fields"] == [{"field": "headers", "message": message}]
+    status, created = await api.call("POST", "/api/v1/endpoints", web)
+    assert status == 201
+    patch = {"headers": {"X-Trace": "c\nX-Injected: y"}}
+    status, answer = await api.call("PATCH", f"/api/v1/endpoints/{created['id']}", patch)
+    assert status == 422 and [f["field"] for f in answer["error"]["fields"]] == ["headers"]
+    url = "http://127.0.0.1:9/a\r\nX-Injected: y"
+    status, answer = await api.call("POST", "/api/v1/endpoints", {**web, "url": url})
+    assert status == 422 and [f["field"] for f in answer["error"]["fields"]] == ["url"]
+    await assert_tables_intact(pg_dsn, 2)
+
+
+async def test_lone_surrogates_are_refused_with_a_422_not_a_503(api: Api, pg_dsn: str):
+    """ "\\ud800" is valid JSON but no text PostgreSQL can store: it answered 503
+    storage_unavailable, with the database's words, after the spec had validated."""
+    base = {"name": "sur", "url": "http://127.0.0.1:9/", **SLOW}
+    for extra, field in (
+        ({"tags": ["ok", "\ud800"]}, "tags[1]"),
+        ({"headers": {"X-Trace": "\ud800"}}, "headers.X-Trace"),
+        ({"body": "a\udfffb"}, "body"),
+        ({"expected_pattern": "\ud800"}, "expected_pattern"),
+    ):
+        status, answer = await api.call("POST", "/api/v1/endpoints", {**base, **extra})
+        assert status == 422, (extra, answer)
+        assert answer["error"]["code"] == "validation_error"
+        (problem,) = answer["error"]["fields"]
+        assert problem["field"] == field and "lone surrogate" in problem["message"], problem
+    status, created = await api.call("POST", "/api/v1/endpoints", base)
+    assert status == 201
+    status, answer = await api.call(
+        "PATCH", f"/api/v1/endpoints/{created['id']}", {"tags": ["\udc00"]}
+    )
+    assert status == 422 and [f["field"] for f in answer["error"]["fields"]] == ["tags[0]"]
+    await assert_tables_intact(pg_dsn, 2)
 
 
 async def test_patterns_too_costly_to_compile_or_not_bytes_are_refused(api: Api, pg_dsn: str):

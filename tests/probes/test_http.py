@@ -14,7 +14,8 @@ from aiohttp import web
 from aiohttp.compression_utils import HAS_BROTLI
 
 from availmon.model import Reason, Status
-from availmon.probes.base import Probe
+from availmon.probes import build_probe
+from availmon.probes.base import Probe, ProbeContext
 from availmon.probes.http import HttpProbe
 
 from .conftest import (
@@ -22,6 +23,7 @@ from .conftest import (
     StartApp,
     Tls,
     hang,
+    make_spec,
     reset_connection,
 )
 
@@ -428,8 +430,16 @@ async def test_https_to_plain_http_port(make_probe: MakeProbe, base: str) -> Non
     assert result.error is not None and "WRONG_VERSION_NUMBER" in result.error
 
 
-async def test_unreadable_ca_file_is_invalid_config(make_probe: MakeProbe, tmp_path: Any) -> None:
-    probe = make_probe("https://127.0.0.1:1/", ca_file=str(tmp_path / "missing.pem"))
+async def test_unreadable_ca_file_is_invalid_config(
+    probe_context: ProbeContext, tmp_path: Any
+) -> None:
+    # A missing ca_file fails validation; one removed after it (the spec was stored) is the
+    # probe's invalid_config, for this endpoint only.
+    ca_file = tmp_path / "missing.pem"
+    ca_file.write_text("not yet removed")
+    spec = make_spec("https://127.0.0.1:1/", ca_file=str(ca_file))
+    ca_file.unlink()
+    probe = build_probe(spec, probe_context)
     result = await probe.attempt(1.0)
     assert (result.status, result.reason) == (Status.DOWN, Reason.INVALID_CONFIG)
     assert result.error is not None and "missing.pem" in result.error
