@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--retries", type=int, help="extra attempts (URL targets)")
     check.add_argument("--expect-status", help="status code(s) or class, comma separated")
     check.add_argument("--pattern", help="regex the body (or TCP bytes) must match")
-    check.add_argument("--send", help="bytes to send on TCP")
+    check.add_argument("--send", help="bytes to send (TCP, UDP)")
+    check.add_argument("--send-hex", help="bytes to send, as hex digits (TCP, UDP)")
     check.add_argument("--degraded-ms", type=float, help="degraded above this response time")
     return parser
 
@@ -227,6 +228,8 @@ def _adhoc_spec(args: argparse.Namespace) -> AnyEndpoint:
         data["expected_pattern"] = args.pattern
     if args.send is not None:
         data["send"] = args.send
+    if args.send_hex is not None:
+        data["send_hex"] = args.send_hex
     if args.degraded_ms is not None:
         data["degraded_threshold_ms"] = args.degraded_ms
     return ENDPOINT_ADAPTER.validate_python(data)

@@ -1,8 +1,8 @@
 """Endpoint specs: one pydantic model per protocol and the discriminated union of them.
 
 They are pydantic models because the same validation must hold for the TOML file, the HTTP API
-and the in-process Python API. This module imports nothing of ours but `model` (the enums) and
-the leaf modules `patterns` (the regex engine patterns are validated with) and `spectext`
+and the in-process Python API. This module imports nothing of ours but `model` (the enums), `errors`
+(FieldValueError) and the leaf modules `patterns` (the regex engine patterns are validated with) and `spectext`
 (what a string, a URL's text, a header or a file name may be). It is long for a
 reason: the five protocol models and the rules that tie their fields together read best side
 by side.
@@ -33,6 +33,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from availmon.errors import FieldValueError
 from availmon.model import Protocol, Severity
 from availmon.patterns import check_syntax
 from availmon.spectext import FilePath, Text, check_headers, check_url_text
@@ -286,9 +287,40 @@ def _url_port(url: str, default: int | None = None) -> int:
     return port
 
 
+def _hex_bytes(value: str | None) -> str | None:
+    """`send_hex`: the bytes to send as hex digits, any whitespace between them ("1b 00 01")."""
+    if value is None:
+        return None
+    try:
+        data = bytes.fromhex(value)
+    except ValueError:
+        raise ValueError(
+            "must be pairs of hex digits (whitespace between them allowed), e.g. '1b 00 00 00'"
+        ) from None
+    if not data:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _payload(send: str | None, send_hex: str | None) -> bytes | None:
+    if send_hex is not None:
+        return bytes.fromhex(send_hex)
+    return send.encode("utf-8") if send is not None else None
+
+
+def _one_payload(send: str | None, send_hex: str | None) -> None:
+    if send is not None and send_hex is not None:
+        raise FieldValueError("give send or send_hex, not both", "send", "send_hex")
+
+
+# Bytes a string field cannot hold (U+0000: PostgreSQL stores no NUL), given as hex instead.
+HexBytes = Annotated[str, AfterValidator(_hex_bytes)]
+
+
 class TcpEndpoint(EndpointBase):
     protocol: Literal[Protocol.TCP]
     send: Text | None = None  # sent byte for byte: "PING\r\n" keeps its "\r\n"
+    send_hex: HexBytes | None = None  # binary requests (NUL bytes included), as hex
     max_read_bytes: int = Field(default=64 * 1024, ge=1, le=16 * 1024 * 1024)
     tls: bool = False  # TLS handshake right after connect; send and pattern then go over TLS
     verify_tls: bool = True
@@ -300,6 +332,16 @@ class TcpEndpoint(EndpointBase):
     @classmethod
     def _check_tcp_url(cls, value: str) -> str:
         return _check_host_port_url(value, "tcp")
+
+    @model_validator(mode="after")
+    def _check_payload(self) -> TcpEndpoint:
+        _one_payload(self.send, self.send_hex)
+        return self
+
+    @property
+    def payload(self) -> bytes | None:
+        """What is written after the connect (and the TLS handshake), if anything."""
+        return _payload(self.send, self.send_hex)
 
     @field_validator("server_name")
     @classmethod
@@ -340,7 +382,9 @@ class UdpEndpoint(EndpointBase):
     """Send one datagram; UP when a datagram (matching expected_pattern, if set) comes back."""
 
     protocol: Literal[Protocol.UDP]
-    send: Text  # required: a UDP service answers only what it is asked; sent byte for byte
+    # one of them is required: a UDP service answers only what it is asked
+    send: Text | None = None  # sent byte for byte
+    send_hex: HexBytes | None = None  # binary requests (NTP, memcached's frame header), as hex
 
     @field_validator("url")
     @classmethod
@@ -349,10 +393,26 @@ class UdpEndpoint(EndpointBase):
 
     @field_validator("send")
     @classmethod
-    def _check_send(cls, value: str) -> str:
-        if not value:
+    def _check_send(cls, value: str | None) -> str | None:
+        if value == "":
             raise ValueError("must not be empty: a UDP service answers only what it is asked")
         return value
+
+    @model_validator(mode="after")
+    def _check_payload(self) -> UdpEndpoint:
+        _one_payload(self.send, self.send_hex)
+        if self.send is None and self.send_hex is None:
+            raise FieldValueError(
+                "give send or send_hex: a UDP service answers only what it is asked", "send"
+            )
+        return self
+
+    @property
+    def payload(self) -> bytes:
+        """The datagram sent."""
+        payload = _payload(self.send, self.send_hex)
+        assert payload is not None  # validated: one of send, send_hex
+        return payload
 
     @property
     def host(self) -> str:

@@ -88,7 +88,7 @@ class TcpProbe(Probe[TcpEndpoint]):
         self._port = spec.port
         pattern = spec.expected_pattern
         self._pattern = Pattern(pattern.encode("utf-8")) if pattern is not None else None
-        self._payload = spec.send.encode("utf-8") if spec.send is not None else None
+        self._payload = spec.payload
         self._limit = spec.max_read_bytes
         self._tls: ssl.SSLContext | None = None
         self._config_error: str | None = None

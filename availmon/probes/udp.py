@@ -77,7 +77,7 @@ class UdpProbe(Probe[UdpEndpoint]):
         super().__init__(spec, context)
         self._host = spec.host
         self._port = spec.port
-        self._payload = spec.send.encode("utf-8")
+        self._payload = spec.payload
         pattern = spec.expected_pattern
         self._pattern = Pattern(pattern.encode("utf-8")) if pattern is not None else None
         self._address = literal_address(self._host)

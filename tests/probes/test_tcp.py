@@ -86,6 +86,19 @@ async def test_send_exact_bytes_and_match_as_they_arrive(
     assert await asyncio.wait_for(received, 1.0) == b"PING\r\n"
 
 
+async def test_send_hex_writes_binary_bytes(make_probe: MakeProbe, raw_server: RawServer) -> None:
+    received = asyncio.get_running_loop().create_future()
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.set_result(await reader.read())
+
+    port = await raw_server.start(record)
+    probe = make_probe(f"tcp://127.0.0.1:{port}", send_hex="00 ff 0d0a")
+    result = await probe.attempt(2.0)
+    assert (result.status, result.reason) == (Status.UP, Reason.OK)
+    assert await asyncio.wait_for(received, 1.0) == b"\x00\xff\r\n"
+
+
 async def test_send_adds_no_newline(make_probe: MakeProbe, raw_server: RawServer) -> None:
     received = asyncio.get_running_loop().create_future()
 

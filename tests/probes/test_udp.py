@@ -97,6 +97,21 @@ async def test_echo_is_up_and_exact_bytes_are_sent(
     assert set(result.details["phases_ms"]) == {"read"}
 
 
+async def test_send_hex_sends_binary_bytes_nul_included(
+    make_probe: MakeProbe, udp_peer: StartPeer
+) -> None:
+    # memcached's UDP frame header (request id 1, sequence 0, 1 datagram, reserved) + "stats"
+    port, peer = await udp_peer(lambda data: [data[:8] + b"STAT pid 1\r\nEND\r\n"])
+    frame = "0001 0000 0001 0000"
+    probe = make_probe(
+        f"udp://127.0.0.1:{port}", send_hex=f"{frame} 73746174730d0a", expected_pattern="END"
+    )
+    result = await probe.attempt(2.0)
+    assert (result.status, result.reason) == (Status.UP, Reason.OK)
+    assert peer.received == [b"\x00\x01\x00\x00\x00\x01\x00\x00stats\r\n"]
+    assert result.details["bytes_sent"] == 15
+
+
 async def test_any_datagram_is_up_without_a_pattern(
     make_probe: MakeProbe, udp_peer: StartPeer
 ) -> None:

@@ -308,4 +308,20 @@ def test_udp_needs_something_to_send():
     assert problems({**BASE["udp"], "send": ""}) == {
         "send": "must not be empty: a UDP service answers only what it is asked"
     }
-    assert problems({"name": "ntp", "url": "udp://127.0.0.1:123"}) == {"send": "Field required"}
+    assert problems({"name": "ntp", "url": "udp://127.0.0.1:123"}) == {
+        "send": "give send or send_hex: a UDP service answers only what it is asked"
+    }
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "udp"])
+def test_send_hex_carries_the_bytes_a_string_cannot(protocol: str):
+    base = {k: v for k, v in BASE[protocol].items() if k != "send"}
+    spec = valid({**base, "send_hex": "00 01\tff\n0d0A"})
+    assert spec.payload == b"\x00\x01\xff\r\n"  # type: ignore[union-attr]
+    assert valid({**base, "send": "PING"}).payload == b"PING"  # type: ignore[union-attr]
+    hex_rule = "must be pairs of hex digits (whitespace between them allowed), e.g. '1b 00 00 00'"
+    assert problems({**base, "send_hex": "0g"}) == {"send_hex": hex_rule}
+    assert problems({**base, "send_hex": "abc"}) == {"send_hex": hex_rule}
+    assert problems({**base, "send_hex": " "}) == {"send_hex": "must not be empty"}
+    both = "give send or send_hex, not both"
+    assert problems({**base, "send": "x", "send_hex": "00"}) == {"send": both, "send_hex": both}
