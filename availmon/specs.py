@@ -1,16 +1,18 @@
 """Endpoint specs: one pydantic model per protocol and the discriminated union of them.
 
 They are pydantic models because the same validation must hold for the TOML file, the HTTP API
-and the in-process Python API. This module imports nothing of ours but `model` (the enums), `errors`
-(FieldValueError) and the leaf modules `patterns` (the regex engine patterns are validated with) and `spectext`
-(what a string, a URL's text, a header or a file name may be). It is long for a
-reason: the five protocol models and the rules that tie their fields together read best side
-by side.
+and the in-process Python API. This module imports nothing of ours but `model` (the enums),
+`errors` (FieldValueError) and the leaf modules `patterns` (the regex engine patterns are
+validated with) and `spectext` (what a string, a URL's text, a header or a file name may be).
+Numbers and switches are strict: TOML and JSON carry real ones, so `true` is no timeout and
+"2" no retry count. It is long for a reason: the five protocol models and the rules that tie
+their fields together read best side by side.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from typing import Annotated, Any, Literal
 from urllib.parse import SplitResult, urlsplit
@@ -21,6 +23,9 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     StringConstraints,
     Tag,
     TypeAdapter,
@@ -65,22 +70,22 @@ class EndpointBase(BaseModel):
         StringConstraints(strip_whitespace=True, max_length=2048),
         AfterValidator(check_url_text),  # whitespace or controls inside: after the strip
     ]
-    check_interval: float = Field(default=60.0, gt=0, le=86400, description="Seconds")
+    check_interval: StrictFloat = Field(default=60.0, gt=0, le=86400, description="Seconds")
     # validate_default: the default must also be under check_interval, or the stored spec
     # (every field written out) would fail validation when it is read back
-    timeout: float = Field(
+    timeout: StrictFloat = Field(
         default=10.0, gt=0, le=3600, validate_default=True, description="Seconds, per attempt"
     )
-    retries: int = Field(default=0, ge=0, le=10)
+    retries: StrictInt = Field(default=0, ge=0, le=10)
     expected_pattern: Text | None = None
     # finite: jsonb cannot store inf (and it would mean no threshold)
-    degraded_threshold_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    failure_threshold: int = Field(default=3, ge=1, le=1000)
-    recovery_threshold: int = Field(default=2, ge=1, le=1000)
-    recheck_interval: float | None = Field(default=None, gt=0, le=86400)
+    degraded_threshold_ms: StrictFloat | None = Field(default=None, gt=0, allow_inf_nan=False)
+    failure_threshold: StrictInt = Field(default=3, ge=1, le=1000)
+    recovery_threshold: StrictInt = Field(default=2, ge=1, le=1000)
+    recheck_interval: StrictFloat | None = Field(default=None, gt=0, le=86400)
     severity: Severity = Severity.HIGH
     tags: tuple[Text, ...] = ()
-    is_active: bool = True
+    is_active: StrictBool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -160,7 +165,9 @@ class EndpointBase(BaseModel):
         return self.timeout * (self.retries + 1)
 
 
-StatusCodeSpec = int | str | list[int | str]
+# Strict: true is no status code (lax validation made it 1), "200" is one only where a class
+# such as "2xx" may stand (the str branch validates it)
+StatusCodeSpec = StrictInt | str | list[StrictInt | str]
 
 
 class HttpEndpoint(EndpointBase):
@@ -169,13 +176,28 @@ class HttpEndpoint(EndpointBase):
     method: Literal["GET", "HEAD", "POST", "PUT", "OPTIONS", "PATCH", "DELETE"] = "GET"
     headers: dict[str, str] = Field(default_factory=dict)
     body: Text | None = None  # sent byte for byte
-    follow_redirects: bool = True
-    max_redirects: int = Field(default=10, ge=0, le=50)
-    verify_tls: bool = True  # false: certificates are still recorded, but never judged
+    follow_redirects: StrictBool = True
+    max_redirects: StrictInt = Field(default=10, ge=0, le=50)
+    verify_tls: StrictBool = True  # false: certificates are still recorded, but never judged
     ca_file: FilePath | None = None
-    max_body_bytes: int = Field(default=1024 * 1024, ge=0, le=256 * 1024 * 1024)
+    max_body_bytes: StrictInt = Field(default=1024 * 1024, ge=0, le=256 * 1024 * 1024)
     # DEGRADED when a verified certificate (of any hop) expires within this many days.
-    cert_expiry_warning_days: float = Field(default=14, ge=0, le=3650)
+    cert_expiry_warning_days: StrictFloat = Field(default=14, ge=0, le=3650)
+
+    @field_validator("expected_status_code", mode="before")
+    @classmethod
+    def _status_shape(cls, value: Any) -> Any:
+        """One message for a value of no accepted shape, not one per branch of the union."""
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(i, bool) or not isinstance(i, int | str) for i in items):
+            try:
+                shown = json.dumps(value)  # as the config or the request wrote it: true, null
+            except (TypeError, ValueError):
+                shown = repr(value)
+            raise ValueError(
+                f"{shown} is not a status code (200), a class ('2xx') or a list of them"
+            )
+        return value
 
     @field_validator("expected_status_code")
     @classmethod
@@ -321,12 +343,12 @@ class TcpEndpoint(EndpointBase):
     protocol: Literal[Protocol.TCP]
     send: Text | None = None  # sent byte for byte: "PING\r\n" keeps its "\r\n"
     send_hex: HexBytes | None = None  # binary requests (NUL bytes included), as hex
-    max_read_bytes: int = Field(default=64 * 1024, ge=1, le=16 * 1024 * 1024)
-    tls: bool = False  # TLS handshake right after connect; send and pattern then go over TLS
-    verify_tls: bool = True
+    max_read_bytes: StrictInt = Field(default=64 * 1024, ge=1, le=16 * 1024 * 1024)
+    tls: StrictBool = False  # TLS handshake right after connect; send and pattern then go over TLS
+    verify_tls: StrictBool = True
     ca_file: FilePath | None = None
     server_name: Text | None = None  # SNI and the name verified; default: the url's host
-    cert_expiry_warning_days: float = Field(default=14, ge=0, le=3650)
+    cert_expiry_warning_days: StrictFloat = Field(default=14, ge=0, le=3650)
 
     @field_validator("url")
     @classmethod
@@ -427,15 +449,17 @@ class IcmpEndpoint(EndpointBase):
     """Echo requests; `url` is icmp://host or a bare host (stored as icmp://host)."""
 
     protocol: Literal[Protocol.ICMP]
-    packet_count: int = Field(default=3, ge=1, le=100)
-    packet_interval: float = Field(
+    packet_count: StrictInt = Field(default=3, ge=1, le=100)
+    packet_interval: StrictFloat = Field(
         default=0.2, ge=0.01, le=10, validate_default=True, description="Seconds"
     )
-    payload_size: int = Field(default=56, ge=0, le=65507, description="Bytes after the header")
+    payload_size: StrictInt = Field(
+        default=56, ge=0, le=65507, description="Bytes after the header"
+    )
     # Percent: loss above it is DOWN, any loss up to it DEGRADED; no reply at all is always DOWN.
-    max_packet_loss: float = Field(default=50, ge=0, lt=100)
+    max_packet_loss: StrictFloat = Field(default=50, ge=0, lt=100)
     # None: raw sockets when the process may open them, else unprivileged datagram sockets.
-    privileged: bool | None = None
+    privileged: StrictBool | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -502,7 +526,7 @@ class DnsEndpoint(EndpointBase):
     # Values that must all be among the answers of record_type (after any CNAME chain).
     expected_answers: tuple[Text, ...] = ()
     transport: Literal["udp", "tcp"] = "udp"  # udp retries over TCP when the answer is truncated
-    recursion_desired: bool = True
+    recursion_desired: StrictBool = True
 
     @field_validator("record_type", "expected_rcode", "transport", mode="before")
     @classmethod

@@ -325,3 +325,36 @@ def test_send_hex_carries_the_bytes_a_string_cannot(protocol: str):
     assert problems({**base, "send_hex": " "}) == {"send_hex": "must not be empty"}
     both = "give send or send_hex, not both"
     assert problems({**base, "send": "x", "send_hex": "00"}) == {"send": both, "send_hex": both}
+
+
+# --- strict numbers and switches ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("timeout", True, "Input should be a valid number"),
+        ("check_interval", "60", "Input should be a valid number"),
+        ("retries", "2", "Input should be a valid integer"),
+        ("retries", 1.5, "Input should be a valid integer"),
+        ("is_active", "yes", "Input should be a valid boolean"),
+        ("follow_redirects", 1, "Input should be a valid boolean"),
+        (
+            "expected_status_code",
+            True,
+            "true is not a status code (200), a class ('2xx') or a list of them",
+        ),
+        (
+            "expected_status_code",
+            [200, None],
+            "[200, null] is not a status code (200), a class ('2xx') or a list of them",
+        ),
+    ],
+)
+def test_numbers_and_switches_are_not_coerced(field: str, value: Any, message: str):
+    assert problems({**BASE["http"], field: value}) == {field: message}
+
+
+def test_an_int_is_still_a_number_and_a_status_code_may_be_a_string():
+    spec = valid({**BASE["http"], "check_interval": 30, "expected_status_code": ["200", "3xx"]})
+    assert spec.check_interval == 30.0 and spec.expected_status_code == [200, "3xx"]  # type: ignore[union-attr]
