@@ -20,7 +20,8 @@ from availmon.specs import AnyEndpoint, EndpointSpec
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # no NaN or infinity: a NaN fails every bound and was reported as out of range
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DaemonSettings(Section):

@@ -23,7 +23,7 @@ _SINK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 class WebhookSettings(BaseModel):
     """One webhook sink. Empty filters let everything through; given filters must all pass."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(description="Stable id of the sink: deliveries are tracked by it")
     url: Annotated[str, Field(max_length=2048)]
@@ -53,7 +53,7 @@ class WebhookSettings(BaseModel):
 
 
 class NotificationSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     webhook: list[WebhookSettings] = Field(default_factory=list)
     retry_initial: float = Field(default=5.0, gt=0, le=3600, description="Seconds")
