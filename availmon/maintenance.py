@@ -41,6 +41,7 @@ from pydantic import (
 
 from availmon.clock import in_time_range
 from availmon.errors import FieldValueError
+from availmon.spectext import Text
 
 MAX_DURATION = timedelta(days=31)
 MAX_ID = 2**63 - 1  # PostgreSQL bigint
@@ -105,16 +106,17 @@ class WindowFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    description: Annotated[str, Field(max_length=2000)] | None = None
+    # Text: no U+0000 or lone surrogate, which PostgreSQL would refuse at the first sync
+    name: Annotated[Text, Field(min_length=1, max_length=200)]
+    description: Annotated[Text, Field(max_length=2000)] | None = None
     start_time: Instant | None = None
     end_time: Instant | None = None
     is_active: bool = True
-    tags: tuple[str, ...] = ()
+    tags: tuple[Text, ...] = ()
     applies_to_all: bool = Field(default=False, alias="all")
-    cron: Annotated[str, Field(max_length=200)] | None = None
+    cron: Annotated[Text, Field(max_length=200)] | None = None
     duration: Duration | None = None
-    timezone: Annotated[str, Field(max_length=100)] | None = None
+    timezone: Annotated[Text, Field(max_length=100)] | None = None
 
     def _targets(self) -> dict[str, bool]:
         """Each way to name a target (by its key) and whether it is given."""
@@ -173,7 +175,7 @@ class WindowFields(BaseModel):
 class MaintenanceConfig(WindowFields):
     """`[[maintenance]]` in the TOML: the endpoint is named, since ids are not known there."""
 
-    endpoint: str | None = None
+    endpoint: Text | None = None
 
     def _targets(self) -> dict[str, bool]:
         return {"endpoint": self.endpoint is not None, **super()._targets()}
@@ -198,7 +200,7 @@ class MaintenanceWindow:
     description: str | None = None
     is_active: bool = True
     endpoint_id: int | None = None
-    tags: tuple[str, ...] = ()
+    tags: tuple[Text, ...] = ()
     applies_to_all: bool = False
     cron: str | None = None
     duration: timedelta | None = None
