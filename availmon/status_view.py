@@ -215,7 +215,7 @@ class StatusView:
                 if generation != self._generation:
                     await self._rebuild_in_slices(watched, generation)
                 else:
-                    self._apply_changes()
+                    await self._apply_changes_in_slices()
             except Exception:  # a bug here must not end the refresh; requests still rebuild
                 log.exception("status_view_refresh_failed")
 
@@ -229,20 +229,36 @@ class StatusView:
         self._dirty.clear()
         self._body = None
 
+    async def _apply_changes_in_slices(self) -> None:
+        """_apply_changes, SLICE fragments at a time: after a round of checks at 50,000
+        endpoints every one of them has changed, and redoing them at once held the loop
+        120 ms (measured). A request in between applies the rest itself."""
+        dirty = self._dirty
+        while dirty:
+            for _ in range(min(SLICE, len(dirty))):
+                position = self._position.get(dirty.pop())
+                if position is not None:
+                    self._refresh(position)
+            self._body = None
+            await asyncio.sleep(0)
+
     async def _rebuild_in_slices(self, watched: list[Watched], generation: int) -> None:
         order = sorted(watched, key=_name)
         prefixes: list[bytes] = []
         parts: list[bytes] = []
+        statuses: list[str] = []
         for start in range(0, len(order), SLICE):
             for w in order[start : start + SLICE]:
                 prefix = _dumps(_static(w))[:-1] + b","
                 prefixes.append(prefix)
                 parts.append(prefix + _dynamic_json(w))
+                statuses.append(_status_name(w))
             await asyncio.sleep(0)
         if self._generation >= generation:
             return  # a request rebuilt it meanwhile, from newer state
-        # endpoints that changed while this was built are still in _dirty: applied next time
-        self._install(order, prefixes, parts, generation)
+        # endpoints that changed while this was built are still in _dirty: their fragments and
+        # statuses (and so the counts) are brought up to date when it is next applied
+        self._install(order, prefixes, parts, generation, statuses)
 
     def _rebuild(self, watched: list[Watched], generation: int) -> None:
         order = sorted(watched, key=_name)
@@ -251,13 +267,18 @@ class StatusView:
         self._install(order, prefixes, parts, generation)
 
     def _install(
-        self, order: list[Watched], prefixes: list[bytes], parts: list[bytes], generation: int
+        self,
+        order: list[Watched],
+        prefixes: list[bytes],
+        parts: list[bytes],
+        generation: int,
+        statuses: list[str] | None = None,
     ) -> None:
         self._order = order
         self._position = {w.endpoint.id: i for i, w in enumerate(order)}
         self._prefixes = prefixes
         self._parts = parts
-        self._statuses = [_status_name(w) for w in order]
+        self._statuses = statuses if statuses is not None else [_status_name(w) for w in order]
         self._counts = Counter(self._statuses)
         self._generation = generation
         self._body = None

@@ -196,6 +196,16 @@ def cursor_of(mark: Mark) -> Cursor:
     return Cursor(row.checked_at, row.status, _EPOCH + timedelta(microseconds=mark[2]))
 
 
+def cursor_columns(
+    marks: dict[int, Mark], endpoint_ids: Sequence[int]
+) -> tuple[list[datetime], list[str], list[datetime]]:
+    """The cursors of these endpoints (their marks moved) as columns: checked_at, status,
+    covered_until, with no Cursor objects in between (50,000 of them held the loop 250 ms)."""
+    rows = [marks[i][3] for i in endpoint_ids]
+    covered = [_EPOCH + timedelta(microseconds=marks[i][2]) for i in endpoint_ids]
+    return [r.checked_at for r in rows], [r.status.value for r in rows], covered
+
+
 def fold(
     rows: Iterable[Any],
     marks: dict[int, Mark],

@@ -31,7 +31,7 @@ from availmon.uptime import (
     UptimeReport,
     ceil_hour,
     coverage,
-    cursor_of,
+    cursor_columns,
     floor_hour,
     fold,
     hour_number,
@@ -232,12 +232,11 @@ class UptimeRollups:
         buckets, touched = self._unwritten, self._unwritten_cursors
         if not buckets and not touched:
             return
-        cursors = {endpoint_id: cursor_of(self._marks[endpoint_id]) for endpoint_id in touched}
         self._unwritten, self._unwritten_cursors = {}, set()
         self._writes_started += 1
         self._write_done.clear()
         try:
-            await self._store(buckets, cursors)
+            await self._store(buckets, sorted(touched))
         except BaseException:
             for key, values in buckets.items():  # back in, under what was folded meanwhile
                 held = self._unwritten.setdefault(key, [0] * len(values))
@@ -250,23 +249,19 @@ class UptimeRollups:
             self._write_done.set()
 
     @storage_errors
-    async def _store(self, buckets: Buckets, cursors: dict[int, Cursor]) -> None:
-        keys, ids = list(buckets), list(cursors)
+    async def _store(self, buckets: Buckets, touched: list[int]) -> None:
+        """Buckets, then the cursors of the endpoints whose marks moved, in one transaction and
+        in slices: encoding (or building) 50,000 rows at once held the loop 100-250 ms. The
+        marks do not move meanwhile: folds wait for the lock this runs under."""
+        keys = list(buckets)
         async with self._pool.acquire() as conn, conn.transaction():
-            # in slices: encoding 50,000 rows at once held the loop ~100 ms
             for lo in range(0, len(keys), WRITE_SLICE):
                 await conn.execute(
                     _UPSERT_BUCKETS, *_bucket_columns(buckets, keys[lo : lo + WRITE_SLICE])
                 )
-            for lo in range(0, len(ids), WRITE_SLICE):
-                part = ids[lo : lo + WRITE_SLICE]
-                await conn.execute(
-                    _UPSERT_CURSORS,
-                    part,
-                    [cursors[i].checked_at for i in part],
-                    [cursors[i].status.value for i in part],
-                    [cursors[i].covered_until for i in part],
-                )
+            for lo in range(0, len(touched), WRITE_SLICE):
+                part = touched[lo : lo + WRITE_SLICE]
+                await conn.execute(_UPSERT_CURSORS, part, *cursor_columns(self._marks, part))
 
     @storage_errors
     async def _load_and_replay_rows(self) -> list[Any]:
