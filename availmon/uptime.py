@@ -179,21 +179,29 @@ def roll(
 
 
 # How far an endpoint's rows are folded: [checked_at of the newest, in us since the epoch,
-# the slot of its status, the end of its coverage in us, the newest row (None: as stored)]
+# the slot of its status, the end of its coverage in us, then that row's checked_at and status
+# (None: as stored)]. Values, not the row: a mark outlives its row by a whole interval, and
+# holding 50,000 rows (and their details dicts) that long fed the collector's older
+# generations 10,000 objects a second (a 345 ms collection, measured at 50,000 TCP endpoints).
 Mark = list[Any]
 
 
 def marks_of(cursors: dict[int, Cursor]) -> dict[int, Mark]:
     return {
-        endpoint_id: [_epoch_us(c.checked_at), _SLOT[c.status], _epoch_us(c.covered_until), None]
+        endpoint_id: [
+            _epoch_us(c.checked_at),
+            _SLOT[c.status],
+            _epoch_us(c.covered_until),
+            None,
+            None,
+        ]
         for endpoint_id, c in cursors.items()
     }
 
 
 def cursor_of(mark: Mark) -> Cursor:
     """The cursor to store for a mark that a fold moved (its newest row is set)."""
-    row = mark[3]
-    return Cursor(row.checked_at, row.status, _EPOCH + timedelta(microseconds=mark[2]))
+    return Cursor(mark[3], mark[4], _EPOCH + timedelta(microseconds=mark[2]))
 
 
 def cursor_columns(
@@ -201,9 +209,9 @@ def cursor_columns(
 ) -> tuple[list[datetime], list[str], list[datetime]]:
     """The cursors of these endpoints (their marks moved) as columns: checked_at, status,
     covered_until, with no Cursor objects in between (50,000 of them held the loop 250 ms)."""
-    rows = [marks[i][3] for i in endpoint_ids]
-    covered = [_EPOCH + timedelta(microseconds=marks[i][2]) for i in endpoint_ids]
-    return [r.checked_at for r in rows], [r.status.value for r in rows], covered
+    chosen = [marks[i] for i in endpoint_ids]
+    covered = [_EPOCH + timedelta(microseconds=m[2]) for m in chosen]
+    return [m[3] for m in chosen], [m[4].value for m in chosen], covered
 
 
 def fold(
@@ -224,7 +232,7 @@ def fold(
         at = (row.checked_at - _EPOCH) // ONE_US
         mark = marks.get(endpoint_id)
         if mark is None:
-            mark = marks[endpoint_id] = [-1, 0, -1, None]
+            mark = marks[endpoint_id] = [-1, 0, -1, None, None]
         elif at <= mark[0]:
             skipped += 1
             continue
@@ -236,7 +244,8 @@ def fold(
         slot = _SLOT[row.status]
         _credit(buckets, endpoint_id, slot, at, at + cap_us, +1)
         _bucket(buckets, endpoint_id, at // _HOUR_US)[_CHECKS_SLOT] += 1
-        mark[0], mark[1], mark[2], mark[3] = at, slot, at + cap_us, row
+        mark[0], mark[1], mark[2] = at, slot, at + cap_us
+        mark[3], mark[4] = row.checked_at, row.status
         touched.add(endpoint_id)
     return touched, skipped
 
