@@ -8,6 +8,9 @@ watchdog posts a no-op to the loop every POST_S; when one waits longer than STAL
 the main thread's stack every SAMPLE_S until the loop runs it, and keeps those samples with the
 stall's length. At exit OUT.json holds the stalls, longest first, each with its most frequent
 stacks, and the functions seen across all stall samples, inclusive.
+
+Blind spot: the watchdog needs the GIL, so a stall in C code that holds it (the cyclic garbage
+collector, above all) shows as a stall with no samples; `gc.callbacks` tells those apart.
 """
 
 from __future__ import annotations
