@@ -10,13 +10,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli  # tomllib's own parser, compiled with mypyc: 2.5x faster at 10,000 endpoints
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from availmon.errors import ConfigError, FieldError, field_errors, key_path
 from availmon.maintenance import MaintenanceConfig
 from availmon.notify.config import NotificationSettings
-from availmon.specs import AnyEndpoint, EndpointSpec
+from availmon.specs import AnyEndpoint, EndpointSpec, host_problem
 
 
 class Section(BaseModel):
@@ -71,6 +79,16 @@ class ApiSettings(Section):
         description="The status page (/) and badges open to anyone, without URLs or error "
         "details; with the token (login form or bearer header) operators see everything",
     )
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, host: str) -> str:
+        # an address to listen on: an IP (0.0.0.0, ::) or a name that resolves to one; caught
+        # here, not as a resolver error when the daemon starts
+        problem = host_problem(host) if host else None  # "": every interface (asyncio)
+        if problem:
+            raise ValueError(f"{host!r} {problem}")
+        return host
 
     @model_validator(mode="after")
     def _read_protection_needs_a_token(self) -> ApiSettings:

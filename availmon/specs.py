@@ -257,7 +257,7 @@ def _port(value: str, parts: SplitResult) -> int | None:
     return port
 
 
-def _host_problem(host: str) -> str | None:
+def host_problem(host: str) -> str | None:
     """Why `host` is neither an IP address nor a DNS name; None when it is one of them."""
     if _is_ip(host) or _HOST_NAME.fullmatch(host):
         return None
@@ -282,7 +282,7 @@ def _host_problem(host: str) -> str | None:
 
 def _check_address(value: str, parts: SplitResult) -> int | None:
     """Check the url's host (an IP address or a DNS name) and port; return the port."""
-    problem = _host_problem(parts.hostname or "")
+    problem = host_problem(parts.hostname or "")
     if problem:
         raise ValueError(f"url {value!r}: host {parts.hostname!r} {problem}")
     return _port(value, parts)
@@ -368,7 +368,7 @@ class TcpEndpoint(EndpointBase):
     @field_validator("server_name")
     @classmethod
     def _check_server_name(cls, value: str | None) -> str | None:
-        if value is not None and _host_problem(value):
+        if value is not None and host_problem(value):
             raise ValueError(f"{value!r} is not a host name")
         return value
 
