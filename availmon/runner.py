@@ -283,36 +283,42 @@ class Monitor:
         self._listeners.append(listener)
 
     async def _attempts(self, watched: Watched) -> ProbeResult:
+        """Up to retries + 1 attempts, each under the runner's deadline (the probe's own plus
+        DEADLINE_GRACE_S), until one is not DOWN. The attempt is awaited here, not in a helper
+        coroutine: each level of awaiting is resumed again when the probe's I/O completes."""
         spec = watched.endpoint.spec
-        result = ProbeResult(Status.UNKNOWN, Reason.INTERNAL_ERROR, error="no attempt made")
+        timeout, looplag = spec.timeout, self.looplag
         for attempt in range(1, spec.retries + 2):
-            stalled_before = self.looplag.stalled_total if self.looplag else 0.0
-            result = await self._one_attempt(watched, spec.timeout)
+            stalled_before = looplag.stalled_total if looplag else 0.0
+            try:
+                async with asyncio.timeout(timeout + DEADLINE_GRACE_S):
+                    result = await watched.probe.attempt(timeout)
+            except Exception as exc:  # a probe bug must cost one check, never the daemon
+                result = self._attempt_failed(watched, exc, timeout)
             result.attempts = attempt
-            if self.looplag is not None:
-                stalled = self.looplag.stalled_total - stalled_before
-                result = distrust_if_stalled(result, stalled, spec.timeout, watched.log)
+            if looplag is not None:
+                stalled = looplag.stalled_total - stalled_before
+                result = distrust_if_stalled(result, stalled, timeout, watched.log)
             if result.status is not Status.DOWN:
                 break
         return result
 
-    async def _one_attempt(self, watched: Watched, timeout: float) -> ProbeResult:
-        try:
-            async with asyncio.timeout(timeout + DEADLINE_GRACE_S):
-                return await watched.probe.attempt(timeout)
-        except TimeoutError:
+    @staticmethod
+    def _attempt_failed(watched: Watched, exc: Exception, timeout: float) -> ProbeResult:
+        """An attempt that raised, as data: the probe overran the deadline, a pattern ran too
+        long, or a bug."""
+        if isinstance(exc, TimeoutError):
             return ProbeResult(
                 Status.DOWN,
                 Reason.TIMEOUT,
                 None,
                 f"no result within {timeout:g} s (probe overran its deadline)",
             )
-        except PatternTimeout as exc:
+        if isinstance(exc, PatternTimeout):
             watched.log.warning("pattern_timeout", error=str(exc))
             return ProbeResult(Status.UNKNOWN, Reason.PATTERN_TIMEOUT, None, str(exc))
-        except Exception as exc:  # a probe bug must cost one check, never the daemon
-            watched.log.exception("probe_crashed")
-            return ProbeResult(Status.UNKNOWN, Reason.INTERNAL_ERROR, None, repr(exc))
+        watched.log.error("probe_crashed", exc_info=exc)
+        return ProbeResult(Status.UNKNOWN, Reason.INTERNAL_ERROR, None, repr(exc))
 
     async def resolve_outage(
         self, endpoint_id: int, outage_id: int, by: str, notes: str | None = None

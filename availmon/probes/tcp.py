@@ -114,7 +114,7 @@ class TcpProbe(Probe[TcpEndpoint]):
         try:
             async with asyncio.timeout_at(deadline):
                 if self._connect_only:
-                    bare = await self._connect(progress, self._open_bare)
+                    bare, _ = await self._connect(progress, self._open_bare)
                     return self.grade(elapsed_ms(progress.started), self._details(progress))
                 reader, stream = await self._connect(progress, self._open_streams)
                 writer = stream  # closed below, whatever happens next
@@ -178,19 +178,20 @@ class TcpProbe(Probe[TcpEndpoint]):
             details=result.details,
         )
 
-    async def _open_streams(
+    # The openers return the loop's own awaitable, not a coroutine of ours around it: one
+    # frame fewer to resume when the connection comes up, 5,000 times a second at 50,000.
+    def _open_streams(
         self, address: str, family: int
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection(address, self._port, family=family)
+    ) -> Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        return asyncio.open_connection(address, self._port, family=family)
 
-    async def _open_bare(self, address: str, family: int) -> asyncio.BaseTransport:
+    def _open_bare(
+        self, address: str, family: int
+    ) -> Awaitable[tuple[asyncio.BaseTransport, asyncio.BaseProtocol]]:
         """A connection with no stream objects around it: connect-only checks need none, and
         building them cost ~5 us a check (measured: 5,000 checks/s at 50,000 endpoints)."""
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_connection(
-            asyncio.Protocol, address, self._port, family=family
-        )
-        return transport
+        return loop.create_connection(asyncio.Protocol, address, self._port, family=family)
 
     async def _connect(
         self, progress: _Progress, open_one: Callable[[str, int], Awaitable[_Connection]]
