@@ -40,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(self.usage_exit, f"{self.prog}: error: {message}\n")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> _Parser:
     config_help = f"config file (default: $AVAILMON_CONFIG or {DEFAULT_CONFIG})"
     common = _Parser(add_help=False)
     common.add_argument("--config", "-c", default=argparse.SUPPRESS, help=config_help)
@@ -82,7 +82,11 @@ def _load(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # left over by the subcommand: its usage error, with its exit code (check: 3)
+        parser.usage_exit = EXIT_UNKNOWN if args.command == "check" else parser.usage_exit
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler = {
         "run": _cmd_run,
         "migrate": _cmd_migrate,

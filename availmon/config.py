@@ -85,10 +85,20 @@ class ApiSettings(Section):
     def _check_host(cls, host: str) -> str:
         # an address to listen on: an IP (0.0.0.0, ::) or a name that resolves to one; caught
         # here, not as a resolver error when the daemon starts
-        problem = host_problem(host) if host else None  # "": every interface (asyncio)
+        if not host:  # asyncio would take "" for every interface, without a word
+            raise ValueError("must not be empty: give 0.0.0.0 or :: to listen on every interface")
+        problem = host_problem(host)
         if problem:
             raise ValueError(f"{host!r} {problem}")
         return host
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port_not_a_switch(cls, port: Any) -> Any:
+        # lax on purpose ("8787" from an environment variable is a port), but true is not 1
+        if isinstance(port, bool):
+            raise ValueError("must be a port number (0: any free port), not true or false")
+        return port
 
     @model_validator(mode="after")
     def _read_protection_needs_a_token(self) -> ApiSettings:

@@ -35,6 +35,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
     field_validator,
     model_validator,
 )
@@ -111,9 +113,10 @@ class WindowFields(BaseModel):
     description: Annotated[Text, Field(max_length=2000)] | None = None
     start_time: Instant | None = None
     end_time: Instant | None = None
-    is_active: bool = True
+    # strict: `all = 1` or `"endpoint_id": true` (endpoint 1!) are mistakes, not requests
+    is_active: StrictBool = True
     tags: tuple[Text, ...] = ()
-    applies_to_all: bool = Field(default=False, alias="all")
+    applies_to_all: StrictBool = Field(default=False, alias="all")
     cron: Annotated[Text, Field(max_length=200)] | None = None
     duration: Duration | None = None
     timezone: Annotated[Text, Field(max_length=100)] | None = None
@@ -184,7 +187,7 @@ class MaintenanceConfig(WindowFields):
 class WindowInput(WindowFields):
     """A window created or replaced through the API."""
 
-    endpoint_id: Annotated[int, Field(ge=1, le=MAX_ID)] | None = None
+    endpoint_id: Annotated[StrictInt, Field(ge=1, le=MAX_ID)] | None = None
 
     def _targets(self) -> dict[str, bool]:
         return {"endpoint_id": self.endpoint_id is not None, **super()._targets()}

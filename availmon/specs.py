@@ -259,6 +259,8 @@ def _port(value: str, parts: SplitResult) -> int | None:
 
 def host_problem(host: str) -> str | None:
     """Why `host` is neither an IP address nor a DNS name; None when it is one of them."""
+    if host != host.strip():
+        return "has whitespace around it"
     if _is_ip(host) or _HOST_NAME.fullmatch(host):
         return None
     if not host.isascii():

@@ -216,3 +216,17 @@ async def test_requests_the_http_parser_refuses_are_one_warning_without_a_traceb
         caplog.clear()
     status, _ = await api.call("GET", "/api/v1/endpoints")
     assert status == 200  # the daemon serves on
+
+
+async def test_window_targets_and_switches_are_not_coerced(api: Api):
+    """`"endpoint_id": true` was endpoint 1, `"all": 1` every endpoint."""
+    for body, field, message in [
+        ({"endpoint_id": True}, "endpoint_id", "Input should be a valid integer"),
+        ({"endpoint_id": "5"}, "endpoint_id", "Input should be a valid integer"),
+        ({"all": 1}, "all", "Input should be a valid boolean"),
+        ({"all": True, "is_active": "yes"}, "is_active", "Input should be a valid boolean"),
+    ]:
+        assert await refused(api, "POST", WINDOWS, {"name": "w", **body, **SPAN}) == {
+            field: message
+        }
+    assert await stored_windows(api) == []

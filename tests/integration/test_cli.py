@@ -149,6 +149,10 @@ async def test_run_exits_2_with_the_reason_when_the_api_address_is_taken(
 async def test_check_usage_errors_and_unknown_names_exit_3_unknown(tmp_path: Path):
     code, _, err = await availmon("check", "http://127.0.0.1:9/", "--timeout", "abc")
     assert code == 3 and "argument --timeout: invalid float value: 'abc'" in err
+    code, _, err = await availmon("check", "http://127.0.0.1:9/", "--bogus")  # after the name
+    assert code == 3 and "unrecognized arguments: --bogus" in err
+    code, _, err = await availmon("validate", "--bogus")  # other commands: argparse's 2
+    assert code == 2 and "unrecognized arguments: --bogus" in err
     config = tmp_path / "c.toml"
     config.write_text("")
     code, _, err = await availmon("--config", str(config), "check", "nosuch")
