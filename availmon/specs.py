@@ -341,7 +341,19 @@ def _one_payload(send: str | None, send_hex: str | None) -> None:
 HexBytes = Annotated[str, AfterValidator(_hex_bytes)]
 
 
-class TcpEndpoint(EndpointBase):
+class _HostPortEndpoint(EndpointBase):
+    """A spec whose url is scheme://host:port (tcp, udp)."""
+
+    @property
+    def host(self) -> str:
+        return _url_host(self.url)
+
+    @property
+    def port(self) -> int:
+        return _url_port(self.url)
+
+
+class TcpEndpoint(_HostPortEndpoint):
     protocol: Literal[Protocol.TCP]
     send: Text | None = None  # sent byte for byte: "PING\r\n" keeps its "\r\n"
     send_hex: HexBytes | None = None  # binary requests (NUL bytes included), as hex
@@ -383,14 +395,6 @@ class TcpEndpoint(EndpointBase):
             raise ValueError("applies only with tls = true")
         return value
 
-    @property
-    def host(self) -> str:
-        return _url_host(self.url)
-
-    @property
-    def port(self) -> int:
-        return _url_port(self.url)
-
 
 # A DNS name (with fullmatch): labels of 1-63 letters, digits, hyphens and underscores, not
 # starting or ending with a hyphen; 253 characters in all, and a trailing dot allowed. The
@@ -402,7 +406,7 @@ _HOST_NAME = re.compile(
 )
 
 
-class UdpEndpoint(EndpointBase):
+class UdpEndpoint(_HostPortEndpoint):
     """Send one datagram; UP when a datagram (matching expected_pattern, if set) comes back."""
 
     protocol: Literal[Protocol.UDP]
@@ -437,14 +441,6 @@ class UdpEndpoint(EndpointBase):
         payload = _payload(self.send, self.send_hex)
         assert payload is not None  # validated: one of send, send_hex
         return payload
-
-    @property
-    def host(self) -> str:
-        return _url_host(self.url)
-
-    @property
-    def port(self) -> int:
-        return _url_port(self.url)
 
 
 class IcmpEndpoint(EndpointBase):
