@@ -96,14 +96,20 @@ async def outages(dsn: str) -> list[Any]:
     return await db_rows(dsn, "SELECT * FROM outages ORDER BY id")
 
 
+async def one_outage_opened(pg_dsn: str) -> None:
+    """Wait until exactly one outage row is stored."""
+
+    async def opened() -> bool:
+        return len(await outages(pg_dsn)) == 1
+
+    await wait_for(opened)
+
+
 async def test_degraded_opens_low_and_down_raises_it_in_place(pg_dsn: str, switch: Switch):
     async with build_daemon(settings(pg_dsn, [web_endpoint(switch)])) as daemon:
         switch.mode = "slow"
 
-        async def opened() -> bool:
-            return len(await outages(pg_dsn)) == 1
-
-        await wait_for(opened)
+        await one_outage_opened(pg_dsn)
         (low,) = await outages(pg_dsn)
         assert low["severity"] == "low" and low["ended_at"] is None
         switch.mode = "down"
@@ -138,11 +144,7 @@ async def test_degraded_opens_low_and_down_raises_it_in_place(pg_dsn: str, switc
 async def test_acknowledge_and_resolve_over_the_api(pg_dsn: str, switch: Switch):
     switch.mode = "down"
     async with build_daemon(settings(pg_dsn, [web_endpoint(switch)])) as daemon:
-
-        async def opened() -> bool:
-            return len(await outages(pg_dsn)) == 1
-
-        await wait_for(opened)
+        await one_outage_opened(pg_dsn)
         outage_id = (await outages(pg_dsn))[0]["id"]
         path = f"/api/v1/outages/{outage_id}"
         status, body = await call(daemon, "PATCH", path, {"acknowledged_by": ""})
@@ -190,11 +192,7 @@ async def test_acknowledge_and_resolve_in_one_patch(pg_dsn: str, switch: Switch)
     acknowledged) stops the request before anything is resolved."""
     switch.mode = "down"
     async with build_daemon(settings(pg_dsn, [web_endpoint(switch)])) as daemon:
-
-        async def opened() -> bool:
-            return len(await outages(pg_dsn)) == 1
-
-        await wait_for(opened)
+        await one_outage_opened(pg_dsn)
         outage_id = (await outages(pg_dsn))[0]["id"]
         path = f"/api/v1/outages/{outage_id}"
         both = {"acknowledged_by": "a", "resolved_by": "b", "notes": "restarted the pool"}
@@ -218,11 +216,7 @@ async def test_manual_resolve_while_failing_holds_until_recovery_even_across_a_r
     switch.mode = "down"
     config = settings(pg_dsn, [web_endpoint(switch)])
     async with build_daemon(config) as daemon:
-
-        async def opened() -> bool:
-            return len(await outages(pg_dsn)) == 1
-
-        await wait_for(opened)
+        await one_outage_opened(pg_dsn)
         outage_id = (await outages(pg_dsn))[0]["id"]
         status, _ = await call(
             daemon, "PATCH", f"/api/v1/outages/{outage_id}", {"resolved_by": "x"}
@@ -266,11 +260,7 @@ async def test_manual_resolve_while_failing_holds_until_recovery_even_across_a_r
 async def test_endpoint_removed_from_the_config_closes_as_inactive(pg_dsn: str, switch: Switch):
     switch.mode = "down"
     async with build_daemon(settings(pg_dsn, [web_endpoint(switch)])):
-
-        async def opened() -> bool:
-            return len(await outages(pg_dsn)) == 1
-
-        await wait_for(opened)
+        await one_outage_opened(pg_dsn)
     async with build_daemon(settings(pg_dsn, [])):
         pass
     (outage,) = await outages(pg_dsn)
