@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from availmon.logs import get_logger
-from availmon.model import Severity, Status
+from availmon.model import Reason, Severity, Status
 
 if TYPE_CHECKING:
     from availmon.runner import Watched
@@ -118,6 +118,8 @@ def _iso(value: datetime | None) -> str | None:
 
 
 _quote = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str (C)
+# the enums' JSON, built once: a fragment is rebuilt after every check
+_QUOTED: dict[Any, str] = {m: _quote(m.value) for e in (Status, Reason, Severity) for m in e}
 
 
 def _dynamic_json(w: Watched) -> bytes:
@@ -132,7 +134,7 @@ def _dynamic_json(w: Watched) -> bytes:
         severity = state.outage_severity
         outage = (
             f'{{"id":{_number(w.outage_id)},'
-            f'"severity":{_quote(severity.value) if severity else "null"},'
+            f'"severity":{_QUOTED[severity] if severity else "null"},'
             f'"started_at":{_iso_json(state.outage_started_at)}}}'
         )
     if last is None:
@@ -141,11 +143,11 @@ def _dynamic_json(w: Watched) -> bytes:
         error = last.error
         tail = (
             f'"response_time_ms":{_number(last.response_time_ms)},'
-            f'"reason":{_quote(last.reason.value)},'
+            f'"reason":{_QUOTED[last.reason]},'
             f'"error":{"null" if error is None else _quote(error)}'
         )
     return (
-        f'"status":{_quote(status.value) if status else "null"},'
+        f'"status":{_QUOTED[status] if status else "null"},'
         f'"since":{_iso_json(state.status_since)},'
         f'"last_check_at":{_iso_json(state.last_check_at)},'
         f'{tail},"open_outage":{outage}}}'
