@@ -34,6 +34,7 @@ class _Parser(argparse.ArgumentParser):
     CRITICAL, so its usage errors exit `usage_exit` (3, UNKNOWN) instead."""
 
     usage_exit = 2
+    subcommands: dict[str, _Parser]  # the top level's, by name
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -68,6 +69,7 @@ def _parser() -> _Parser:
     check.add_argument("--send", help="bytes to send (TCP, UDP)")
     check.add_argument("--send-hex", help="bytes to send, as hex digits (TCP, UDP)")
     check.add_argument("--degraded-ms", type=float, help="degraded above this response time")
+    parser.subcommands = sub.choices
     return parser
 
 
@@ -84,9 +86,8 @@ def _load(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if extra:  # left over by the subcommand: its usage error, with its exit code (check: 3)
-        parser.usage_exit = EXIT_UNKNOWN if args.command == "check" else parser.usage_exit
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # left over by the subcommand: its own usage error and exit code (check: 3)
+        parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     handler = {
         "run": _cmd_run,
         "migrate": _cmd_migrate,
