@@ -288,10 +288,11 @@ class Monitor:
         coroutine: each level of awaiting is resumed again when the probe's I/O completes."""
         spec = watched.endpoint.spec
         timeout, looplag = spec.timeout, self.looplag
+        deadlines = self._context.deadlines
         for attempt in range(1, spec.retries + 2):
             stalled_before = looplag.stalled_total if looplag else 0.0
             try:
-                async with asyncio.timeout(timeout + DEADLINE_GRACE_S):
+                with deadlines.after(timeout + DEADLINE_GRACE_S):
                     result = await watched.probe.attempt(timeout)
             except Exception as exc:  # a probe bug must cost one check, never the daemon
                 result = self._attempt_failed(watched, exc, timeout)

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
+from availmon.deadline import Deadlines
 from availmon.model import ProbeResult, Reason, Status
 from availmon.specs import AnyEndpoint
 
@@ -27,6 +28,13 @@ class ProbeContext:
     """Shared, long-lived resources probes may use; created inside the running loop."""
 
     extra: dict[str, Any] = field(default_factory=dict)
+    # the attempts' deadlines, and the runner's around them, share one loop timer
+    deadlines: Deadlines = field(default_factory=Deadlines)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, looked up once (asyncio.get_running_loop() costs a getpid())."""
+        return self.deadlines.loop
 
     async def close(self) -> None:
         """Nothing is pooled today: every check opens and closes its own connection."""

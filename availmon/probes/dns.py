@@ -14,7 +14,6 @@ dns_refused, no_response.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 import time
@@ -135,7 +134,7 @@ class DnsProbe(Probe[DnsEndpoint]):
     async def attempt(self, timeout: float) -> ProbeResult:
         progress = _Progress(time.perf_counter())
         try:
-            async with asyncio.timeout(timeout):
+            with self.context.deadlines.after(timeout):
                 family, address = await self._resolve(progress)
                 query = dns.message.make_query(
                     self._qname, self._rdtype, use_edns=0, payload=_EDNS_PAYLOAD, flags=self._flags

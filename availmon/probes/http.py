@@ -175,13 +175,13 @@ class HttpProbe(Probe[HttpEndpoint]):
         started = time.perf_counter()
         marks: dict[str, float] = {"request_start": started}
         token = MARKS.set(marks)
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = self.context.loop.time() + timeout
         # the hop being tried, for the error message: attempts of one endpoint never overlap
         # (the Monitor holds the endpoint's lock for a whole check)
         self._hop = self._first
         history: list[WireResponse] = []
         try:
-            async with asyncio.timeout_at(deadline):
+            with self.context.deadlines.at(deadline):
                 return await self._follow(self._ssl, history, marks)
         except _HANDLED as exc:
             result, error = self._failure(exc, marks, timeout, history), exc

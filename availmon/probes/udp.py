@@ -86,9 +86,9 @@ class UdpProbe(Probe[UdpEndpoint]):
         progress = _Progress(time.perf_counter())
         transport: asyncio.DatagramTransport | None = None
         try:
-            async with asyncio.timeout(timeout):
+            with self.context.deadlines.after(timeout):
                 family, address = await self._resolve(progress)
-                transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+                transport, protocol = await self.context.loop.create_datagram_endpoint(
                     _FirstDatagram, remote_addr=(address, self._port), family=family
                 )
                 progress.phase = "read"
