@@ -74,8 +74,9 @@ class CheckScheduler:
         self._tick_interval = tick_interval
         self._plans: dict[int, _Plan] = {}
         self._heap: list[tuple[float, int, int]] = []
-        self._running: set[int] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        # the in-flight check of each endpoint; a dict entry dropped by the check itself, not
+        # a task set with a done callback (one loop callback more per check)
+        self._running: dict[int, asyncio.Task[None]] = {}
         self._generation = 0
         self._stopping = False
         self._aps = AsyncIOScheduler(timezone="UTC")
@@ -142,7 +143,7 @@ class CheckScheduler:
         self._stopping = True
         if self._aps.running:
             self._aps.shutdown(wait=False)
-        pending = set(self._tasks)
+        pending = set(self._running.values())
         if pending:
             _, still = await asyncio.wait(pending, timeout=drain_timeout)
             for task in still:
@@ -183,11 +184,8 @@ class CheckScheduler:
             self.skipped += 1
             self._push_next(endpoint_id, plan, planned, failed=False)
             return
-        self._running.add(endpoint_id)
         self.lags.append(self._loop.time() - planned)
-        task = self._loop.create_task(self._run(endpoint_id, planned))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._running[endpoint_id] = self._loop.create_task(self._run(endpoint_id, planned))
 
     async def _run(self, endpoint_id: int, planned: float) -> None:
         failed = False
@@ -202,7 +200,7 @@ class CheckScheduler:
         except Exception:
             log.exception("check_crashed", endpoint_id=endpoint_id)
         finally:
-            self._running.discard(endpoint_id)
+            del self._running[endpoint_id]
         plan = self._plans.get(endpoint_id)
         if plan is not None and not self._stopping:
             self._push_next(endpoint_id, plan, planned, failed)
