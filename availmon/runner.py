@@ -199,21 +199,30 @@ class Monitor:
         self.generation += 1
 
     async def check(self, endpoint_id: int) -> ProbeResult:
-        """One full check now: wait for any in-flight check of the same endpoint first."""
+        """One full check now: wait for any in-flight check of the same endpoint first.
+
+        The locks are taken with acquire()/release(), not `async with`: the context manager
+        adds two coroutines per lock, and this runs 5,000 times a second at 50,000 endpoints."""
         watched = self._watched[endpoint_id]
-        async with watched.lock:
+        lock = watched.lock
+        await lock.acquire()
+        try:
             return await self._check_locked(watched)
+        finally:
+            lock.release()
 
     async def _check_locked(self, watched: Watched) -> ProbeResult:
-        async with self._semaphore:
-            self.in_flight += 1
-            try:
-                checked_at = self._clock.now()
-                started = time.perf_counter()
-                result = await self._attempts(watched)
-                duration = time.perf_counter() - started
-            finally:
-                self.in_flight -= 1
+        semaphore = self._semaphore
+        await semaphore.acquire()
+        self.in_flight += 1
+        try:
+            checked_at = self._clock.now()
+            started = time.perf_counter()
+            result = await self._attempts(watched)
+            duration = time.perf_counter() - started
+        finally:
+            self.in_flight -= 1
+            semaphore.release()
         result.checked_at = checked_at
         self.checks_executed += 1
         watched.last_result = result
@@ -227,13 +236,17 @@ class Monitor:
                 RAW_STATUS_KEY: raw.value,
                 "maintenance_window_id": window.window.id,
             }
-        async with watched.transition_lock:
+        transition_lock = watched.transition_lock
+        await transition_lock.acquire()
+        try:
             transitions = watched.machine.observe(
                 raw, checked_at, result.reason.value, result.error, maintenance=window is not None
             )
             self._record(watched, result, raw, checked_at)
             if transitions or watched.pending:
                 await self._transitions.store(watched, transitions)
+        finally:
+            transition_lock.release()
         self._changed(watched)
         for listener in self._listeners:
             try:

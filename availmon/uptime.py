@@ -219,6 +219,7 @@ def fold(
     marks: dict[int, Mark],
     cap_of: Callable[[int], timedelta],
     buckets: Buckets,
+    caps: dict[int, int] | None = None,
 ) -> tuple[set[int], int]:
     """roll() into `buckets` (added to what they hold), moving `marks` on: (the endpoints whose
     mark moved, rows skipped). Integer microseconds since the epoch, rows in time order
@@ -226,7 +227,8 @@ def fold(
     datetime arithmetic before that cost ~5 % of the daemon's CPU at 1,000 checks/s)."""
     touched: set[int] = set()
     skipped = 0
-    caps: dict[int, int] = {}
+    if caps is None:  # each endpoint's cap in microseconds, looked up once per endpoint
+        caps = {}
     for row in sorted(rows, key=_checked_at):  # stable: each endpoint's rows in time order
         endpoint_id = row.endpoint_id
         at = (row.checked_at - _EPOCH) // ONE_US
