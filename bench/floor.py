@@ -1,10 +1,11 @@
 """The floor under a TCP check on this host: CPU per bare connect at a paced rate.
 
-    .venv/bin/python bench/floor.py [--rate 5000] [--seconds 15]
+    .venv/bin/python bench/floor.py [--rate 5000] [--seconds 15] [--ports P,P,...]
 
-Starts the load farm (bench/farm.py) and, with uvloop, opens and closes one connection to its
-TCP listeners per 1/rate seconds (one timer and one task each, as the scheduler does) and
-nothing else: no probe, no state, no storage. Prints one JSON line with the CPU microseconds
+Starts the load farm (bench/farm.py), or uses the TCP listeners given by --ports (bench/run.py
+does so after the daemon has stopped, against its farm), and, with uvloop, opens and closes
+one connection to them per 1/rate seconds (one timer and one task each, as the scheduler does)
+and nothing else: no probe, no state, no storage. Prints one JSON line with the CPU microseconds
 this process spent per connection. This VM's speed moves by 2x between runs; the daemon's
 cost per check over this floor, measured next to it, can be compared across runs where the
 bare figures cannot.
@@ -62,12 +63,12 @@ async def _paced(ports: list[int], rate: int, seconds: int) -> dict[str, Any]:
     for second in range(warmup + seconds):
         if second == warmup:
             await asyncio.sleep(max(0.0, start + second - loop.time()))
-            cpu0, done0, wall0 = _cpu(), done, time.perf_counter()
+            cpu0, done0, wall0 = _cpu(), done + failed, time.perf_counter()
         for i in range(rate):  # one second of timers, half a second ahead of time
             loop.call_at(start + second + i / rate, launch, second * rate + i)
         await asyncio.sleep(max(0.0, start + second + 0.5 - loop.time()))
     await asyncio.sleep(max(0.0, start + warmup + seconds - loop.time()))
-    cpu, wall, count = _cpu() - cpu0, time.perf_counter() - wall0, done - done0
+    cpu, wall, count = _cpu() - cpu0, time.perf_counter() - wall0, done + failed - done0
     await asyncio.gather(*running, return_exceptions=True)
     return {
         "rate": rate,
@@ -82,7 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rate", type=int, default=5000, help="connections per second")
     parser.add_argument("--seconds", type=int, default=15, help="measured seconds")
+    parser.add_argument("--ports", help="TCP listeners on 127.0.0.1 to use instead of a farm")
     args = parser.parse_args(argv)
+    if args.ports:
+        ports = [int(port) for port in args.ports.split(",")]
+        result = uvloop.run(_paced(ports, args.rate, args.seconds))
+        sys.stdout.write(json.dumps(result) + "\n")
+        return 0
     farm_cmd = [sys.executable, str(ROOT / "bench" / "farm.py"), "--http-workers", "1"]
     with subprocess.Popen(farm_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
         assert proc.stdout is not None and proc.stdin is not None

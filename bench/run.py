@@ -110,9 +110,42 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         result: dict[str, Any] = {"mix": mix(ctx.targets)}
         result |= await phases.daemon_phase(ctx, ctx.targets, "availmon", outages=True)
         log("availmon: " + json.dumps(public(result)))
+        if args.tcp:
+            result["tcp_floor"] = await tcp_floor(args, ctx.farm["tcp_ports"], result)
         if args.compare == "blackbox":
             result["compare_blackbox"] = await compare.compare_blackbox(ctx, result)
         return result
+
+
+async def tcp_floor(
+    args: argparse.Namespace, ports: list[int], result: dict[str, Any]
+) -> dict[str, Any]:
+    """bench/floor.py against the farm once the daemon has stopped: the CPU of a bare paced
+    connect at the TCP checks' rate on this host now. The VM's speed moves by 2x between runs;
+    the daemon's cost over this floor, measured next to it, compares across runs."""
+    rate = max(1, round(args.tcp / args.interval))
+    log(f"floor: bare connects at {rate}/s for 10 s")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "bench" / "floor.py"),
+        "--rate",
+        str(rate),
+        "--seconds",
+        "10",
+        "--ports",
+        ",".join(map(str, ports)),
+        stdout=subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        return {"error": f"floor.py exited {proc.returncode}"}
+    floor: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    if not (args.http or args.udp or args.dns) and result.get("cpu_s_per_1000_checks"):
+        # a TCP-only run: what the daemon adds to each check, in microseconds of CPU
+        per_check_us = result["cpu_s_per_1000_checks"] * 1000
+        floor["daemon_over_floor_us"] = round(per_check_us - floor["cpu_us_per_connect"], 1)
+        floor["daemon_to_floor"] = round(per_check_us / floor["cpu_us_per_connect"], 2)
+    return floor
 
 
 def public(value: Any) -> Any:
