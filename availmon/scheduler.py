@@ -172,7 +172,9 @@ class CheckScheduler:
             return
         loop = self._loop
         assert loop is not None
-        horizon = math.ceil((loop.time() + self._tick_interval) * 1000)
+        # half a tick more than the next tick needs: a tick that runs a little late (its own
+        # timer's jitter) finds the next slots armed already
+        horizon = math.ceil((loop.time() + 1.5 * self._tick_interval) * 1000)
         first = self._next_slot
         if first is None:
             first = min(self._slots, default=horizon + 1)
