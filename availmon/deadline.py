@@ -45,7 +45,11 @@ class Deadlines:
         # asyncio.get_running_loop() costs a getpid() on 3.11: once, not per deadline
         loop = self._loop
         if loop is None or loop.is_closed():
-            loop = self._loop = asyncio.get_running_loop()
+            loop = asyncio.get_running_loop()
+            if self._loop is not None:  # the old loop's entries and timer died with it
+                self._slots, self._order = {}, []
+                self._timer = self._timer_slot = None
+            self._loop = loop
         return loop
 
     @property

@@ -122,3 +122,29 @@ async def test_a_deadline_outside_a_task_is_a_programming_error() -> None:
 
     loop.call_soon(in_a_callback)
     assert "inside a task" in str(await raised)
+
+
+def test_deadlines_outlive_a_closed_loop_and_serve_the_next_one() -> None:
+    deadlines = Deadlines()
+
+    async def overrun(seconds: float) -> bool:
+        try:
+            with deadlines.after(seconds):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            return True
+        return False
+
+    async def abandon() -> None:  # a loop closed while a deadline was still pending
+        task = asyncio.get_running_loop().create_task(overrun(0.05))
+        await asyncio.sleep(0.01)
+        task.cancel()  # its slot's timer is armed and never runs: the loop closes first
+
+    first = asyncio.new_event_loop()
+    first.run_until_complete(abandon())
+    first.close()
+    second = asyncio.new_event_loop()
+    try:
+        assert second.run_until_complete(asyncio.wait_for(overrun(0.2), 2)) is True
+    finally:
+        second.close()
