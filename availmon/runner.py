@@ -8,6 +8,7 @@ the scheduler (or an API "check now") calls `check(endpoint_id)`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -258,14 +259,16 @@ class Monitor:
     def _record(
         self, watched: Watched, result: ProbeResult, raw: Status, checked_at: datetime
     ) -> None:
-        watched.log.debug(
-            "check_done",
-            status=result.status.value,
-            raw_status=raw.value,
-            reason=result.reason.value,
-            response_time_ms=result.response_time_ms,
-            attempts=result.attempts,
-        )
+        endpoint_log = watched.log
+        if endpoint_log.is_enabled_for(logging.DEBUG):  # building the call: 0.9 us a check
+            endpoint_log.debug(
+                "check_done",
+                status=result.status.value,
+                raw_status=raw.value,
+                reason=result.reason.value,
+                response_time_ms=result.response_time_ms,
+                attempts=result.attempts,
+            )
         if self._sink is not None:
             self._sink.submit(
                 StatusRow(
