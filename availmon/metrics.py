@@ -28,13 +28,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.utils import floatToGoString as _untyped_go_float
 
+from availmon.durations import CheckDurations
 from availmon.model import Endpoint, ProbeResult, Status
 from availmon.state import RAW_STATUS_KEY, Transition
 
@@ -125,17 +126,14 @@ class DaemonMetrics:
         self._redis = redis
         self._search = search
         self.registry = CollectorRegistry()
-        self.check_duration = Histogram(
+        self.check_duration = CheckDurations(  # collected with the snapshot (below)
             "availmon_check_duration_seconds",
             "Duration of a whole check (every attempt), by protocol and recorded status",
-            ("protocol", "result"),
-            buckets=DURATION_BUCKETS,
-            registry=None,  # collected with the snapshot (below), not on its own
+            DURATION_BUCKETS,
         )
         # the latest expiry each endpoint's checks showed: kept through a failed check that
         # never reached the handshake
         self.cert_expiry: dict[int, float] = {}
-        self._duration_children: dict[tuple[str, str], Any] = {}
         self._labels = LabelCache()
         self.registry.register(self)
 
@@ -145,11 +143,9 @@ class DaemonMetrics:
         """The Monitor listener: one histogram observation, the certificate's expiry."""
         endpoint = watched.endpoint
         if watched.last_duration_s is not None:
-            key = (endpoint.spec.protocol.value, result.status.value)
-            child = self._duration_children.get(key)
-            if child is None:  # labels() takes a lock and builds a key: once per pair
-                child = self._duration_children[key] = self.check_duration.labels(*key)
-            child.observe(watched.last_duration_s)
+            self.check_duration.observe(
+                endpoint.spec.protocol.value, result.status.value, watched.last_duration_s
+            )
         expiry = certificate_expiry(result)
         if expiry is not None:
             self.cert_expiry[endpoint.id] = expiry
@@ -175,7 +171,7 @@ class DaemonMetrics:
         redis, search = self._redis, self._search
         return Snapshot(
             watches=watches,
-            histogram=list(self.check_duration.collect()),
+            histogram=self.check_duration.collect(),
             executed=self._scheduler.executed,
             skipped=self._scheduler.skipped,
             lags=list(self._scheduler.lags),
