@@ -241,5 +241,9 @@ class CheckScheduler:
             self._push_next(endpoint_id, plan, planned, failed)
 
     def _push_next(self, endpoint_id: int, plan: _Plan, planned: float, failed: bool) -> None:
-        due = next_due(plan, self._now(), planned, failed)
+        now = self._now()
+        # the endpoint's slots that came while this check ran (or waited for its turn): none
+        # is run late, and each is counted as skipped
+        self.skipped += max(0, math.floor((now - planned) / plan.interval))
+        due = next_due(plan, now, planned, failed)
         self._file(due, plan.generation, endpoint_id)
