@@ -179,6 +179,7 @@ async def build_daemon(settings: Settings, clock: Clock | None = None) -> AsyncI
         deliverer = await _start_notifications(stack, settings, repo, clock, calendar, monitor)
         await restore_state(repo, monitor, endpoints)
         scheduler = CheckScheduler(monitor.check, tick_interval=settings.scheduler.tick_interval)
+        monitor.on_check_start = scheduler.check_started
         fleet = Fleet(monitor, scheduler)
         for endpoint in endpoints:
             fleet.apply(endpoint)

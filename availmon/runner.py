@@ -135,6 +135,8 @@ def distrust_if_stalled(
 class Monitor:
     # set by the composition root; None (tests, `availmon check`) trusts every timing
     looplag: LoopLagMonitor | None = None
+    # called as a check's first attempt starts (the scheduler measures its lag there)
+    on_check_start: Callable[[], None] | None = None
 
     def __init__(
         self,
@@ -217,6 +219,8 @@ class Monitor:
         await semaphore.acquire()
         self.in_flight += 1
         try:
+            if self.on_check_start is not None:
+                self.on_check_start()
             checked_at = self._clock.now()
             started = time.perf_counter()
             result = await self._attempts(watched)

@@ -23,6 +23,7 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,8 @@ log = get_logger("availmon.scheduler")
 
 _GOLDEN = (math.sqrt(5) - 1) / 2
 LAG_SAMPLES = 10_000
+# the planned start of the scheduled check running in this task (each check is its own task)
+_PLANNED: ContextVar[float | None] = ContextVar("availmon_planned_start", default=None)
 
 
 @dataclass
@@ -121,6 +124,15 @@ class CheckScheduler:
     @property
     def scheduled_count(self) -> int:
         return len(self._plans)
+
+    def check_started(self) -> None:
+        """The monitor calls this when a check's first attempt starts, past the concurrency
+        limit and the endpoint's lock: the schedule lag is the time from the planned start to
+        here, so checks waiting for a full `max_concurrency` show as lag, not as on time. A
+        check not started by the scheduler (an API "check now") is not counted."""
+        planned = _PLANNED.get()
+        if planned is not None and self._loop is not None:
+            self.lags.append(self._loop.time() - planned)
 
     def add_job(self, func: Callable[..., Any], trigger: str, **kwargs: Any) -> None:
         """Housekeeping jobs (partition upkeep, ...) run on the same APScheduler."""
@@ -219,10 +231,10 @@ class CheckScheduler:
             self.skipped += 1
             self._push_next(endpoint_id, plan, planned, failed=False)
             return
-        self.lags.append(self._loop.time() - planned)
         self._running[endpoint_id] = self._loop.create_task(self._run(endpoint_id, planned))
 
     async def _run(self, endpoint_id: int, planned: float) -> None:
+        _PLANNED.set(planned)  # this task's own context: read by check_started()
         failed = False
         try:
             result = await self._run_check(endpoint_id)

@@ -24,6 +24,7 @@ async def test_each_endpoint_runs_every_interval_in_its_own_phase():
     loop = asyncio.get_running_loop()
 
     async def check(endpoint_id: int) -> ProbeResult:
+        scheduler.check_started()  # as the monitor does when the first attempt starts
         runs[endpoint_id].append(loop.time())
         return ProbeResult(Status.UP, Reason.OK, 1.0)
 
@@ -127,3 +128,35 @@ def test_the_next_slot_is_always_after_the_planned_one():
         after = next_due(fine, now=slot - 0.0009, planned=slot, failed=False)
         assert 0.099 < after - slot < 0.101
         slot = after
+
+
+async def test_the_lag_counts_the_wait_for_a_full_concurrency_limit():
+    limit = asyncio.Semaphore(1)  # one check at a time, as a full max_concurrency would
+
+    async def check(endpoint_id: int) -> ProbeResult:
+        async with limit:
+            scheduler.check_started()
+            await asyncio.sleep(0.15)
+        return ProbeResult(Status.UP, Reason.OK, 1.0)
+
+    scheduler = CheckScheduler(check, tick_interval=0.02)
+    for endpoint_id in (1, 2, 3):  # all due at once
+        scheduler.schedule(endpoint_id, 10.0, 10.0, first_delay=0.0)
+    scheduler.start()
+    await asyncio.sleep(0.6)
+    await scheduler.stop(1.0)
+    lags = sorted(scheduler.lags)
+    assert len(lags) == 3
+    assert lags[0] < 0.05  # the first ran at once
+    assert 0.13 < lags[1] < 0.25 and 0.28 < lags[2] < 0.4, lags  # the others waited their turn
+
+
+async def test_a_check_not_started_by_the_scheduler_adds_no_lag():
+    async def check(endpoint_id: int) -> ProbeResult:
+        return ProbeResult(Status.UP, Reason.OK, 1.0)
+
+    scheduler = CheckScheduler(check, tick_interval=0.02)
+    scheduler.start()
+    scheduler.check_started()  # an API "check now" runs in the request's task
+    await scheduler.stop(1.0)
+    assert list(scheduler.lags) == []
