@@ -18,15 +18,12 @@ import asyncio
 import json
 import resource
 import socket
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import uvloop
-
-ROOT = Path(__file__).resolve().parent.parent
+from procs import farm_process
 
 
 def _cpu() -> float:
@@ -88,17 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.ports:
         ports = [int(port) for port in args.ports.split(",")]
         result = uvloop.run(_paced(ports, args.rate, args.seconds))
-        sys.stdout.write(json.dumps(result) + "\n")
-        return 0
-    farm_cmd = [sys.executable, str(ROOT / "bench" / "farm.py"), "--http-workers", "1"]
-    with subprocess.Popen(farm_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
-        assert proc.stdout is not None and proc.stdin is not None
-        farm = json.loads(proc.stdout.readline())
-        try:
+    else:
+        with farm_process() as farm:
             result = uvloop.run(_paced(farm["tcp_ports"], args.rate, args.seconds))
-        finally:
-            proc.stdin.close()
-            proc.wait(timeout=10)
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 

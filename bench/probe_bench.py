@@ -16,17 +16,15 @@ import asyncio
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
+
+from procs import farm_process
 
 from availmon.model import Status
 from availmon.probes import ProbeContext, build_probe
 from availmon.specs import ENDPOINT_ADAPTER
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cpu() -> float:
@@ -77,20 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args(argv)
-    farm_cmd = [sys.executable, str(ROOT / "bench" / "farm.py"), "--http-workers", "1"]
-    with subprocess.Popen(farm_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
-        assert proc.stdout is not None and proc.stdin is not None
-        farm = json.loads(proc.stdout.readline())
-        try:
-            if args.loop == "uvloop":
-                import uvloop
+    with farm_process() as farm:
+        if args.loop == "uvloop":
+            import uvloop
 
-                result = uvloop.run(_run(args, farm))
-            else:
-                result = asyncio.run(_run(args, farm))
-        finally:
-            proc.stdin.close()
-            proc.wait(timeout=10)
+            result = uvloop.run(_run(args, farm))
+        else:
+            result = asyncio.run(_run(args, farm))
     result["revision"] = os.environ.get("BENCH_REVISION", "")
     sys.stdout.write(json.dumps(result) + "\n")
     return 0

@@ -5,15 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+
+
+@contextlib.contextmanager
+def farm_process() -> Iterator[dict[str, Any]]:
+    """bench/farm.py in its own process, for a benchmark that runs its own loop: yields the
+    JSON line it prints (its ports), and stops it when the block ends by closing its stdin,
+    which it serves until."""
+    argv = [sys.executable, str(Path(__file__).resolve().parent / "farm.py"), "--http-workers", "1"]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        try:
+            yield json.loads(proc.stdout.readline())
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=10)
 
 
 def free_port() -> int:
