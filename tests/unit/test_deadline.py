@@ -23,7 +23,9 @@ async def test_a_block_that_ends_in_time_is_not_cancelled_later() -> None:
     deadlines = Deadlines()
     with deadlines.after(0.02) as deadline:
         await asyncio.sleep(0)
+        assert deadlines.pending == 1
     assert deadline.done and not deadline.expired
+    assert deadlines.pending == 0  # taken out of its slot at exit, not held until its time
     await asyncio.sleep(0.05)  # its slot comes round: the entry is dropped, nothing cancelled
     assert not deadline.expired
     assert deadlines.pending == 0
