@@ -4,7 +4,6 @@ stopped in reverse. Nothing else in the package builds long-lived objects."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -19,6 +18,7 @@ from availmon.api.app import server_log
 from availmon.clock import Clock, SystemClock
 from availmon.config import Settings
 from availmon.errors import StartupError, StorageError
+from availmon.gctuning import SETTLE_MARGIN_S, freeze_startup_objects, settle_after
 from availmon.logs import get_logger
 from availmon.looplag import LoopLagMonitor
 from availmon.maintenance import MaintenanceCalendar
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from availmon.search import EsSync
 
 log = get_logger("availmon.app")
-GC_THRESHOLDS = (50_000, 20, 20)
 
 
 @dataclass
@@ -219,28 +218,10 @@ async def build_daemon(settings: Settings, clock: Clock | None = None) -> AsyncI
             event_loop=loop_implementation(),
             api=f"{settings.api.host}:{daemon.api_port}" if daemon.api_port else None,
         )
-        frozen = _freeze_startup_objects(stack)
-        looplag.gc.frozen_objects = frozen
+        looplag.gc.frozen_objects = freeze_startup_objects(stack)
+        longest = max((w.endpoint.spec.check_interval for w in monitor.all()), default=0.0)
+        settle_after(stack, longest + SETTLE_MARGIN_S, looplag.gc.set_frozen)
         yield daemon
-
-
-def _freeze_startup_objects(stack: AsyncExitStack) -> int:
-    """Keep what start-up built (specs, probes, SSL contexts, state machines: millions of
-    objects at 10,000 endpoints) out of the cyclic collector's full passes. Measured at 10k
-    HTTP endpoints before this: full collections paused the loop up to 1.3 s each, 17 s in a
-    50 s run, and every timing measured across them was false. Unfrozen at stop, so a process
-    that builds daemons again (the tests) can still free them."""
-    gc.collect()
-    gc.freeze()
-    stack.callback(gc.unfreeze)
-    # Young collections every 700 net allocations promoted the objects of in-flight checks
-    # into the older generations, whose passes then came every few seconds: measured (same
-    # bench) 9.7 s of pauses in 50 s at the default (700, 10, 10), 0.8-1.4 s at 20,000 to
-    # 100,000. Objects freed by reference counting never count toward the threshold.
-    before = gc.get_threshold()
-    gc.set_threshold(*GC_THRESHOLDS)
-    stack.callback(gc.set_threshold, *before)
-    return gc.get_freeze_count()
 
 
 async def _start_notifications(

@@ -78,6 +78,9 @@ class GcPauses:
         self.frozen_objects = 0  # set by whoever froze them: counting walks the whole list
         self._started = 0.0
 
+    def set_frozen(self, count: int) -> None:
+        self.frozen_objects = count
+
     def install(self) -> None:
         if self._on_gc not in gc.callbacks:
             gc.callbacks.append(self._on_gc)

@@ -14,8 +14,9 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from availmon.app import GC_THRESHOLDS, Daemon, build_daemon
+from availmon.app import Daemon, build_daemon
 from availmon.config import Settings
+from availmon.gctuning import GC_THRESHOLDS
 from tests.loopback import serve
 
 FAST = {"check_interval": 0.4, "timeout": 0.2, "recheck_interval": 0.1}
