@@ -168,6 +168,17 @@ def _executed(facts: dict[str, Any]) -> tuple[int, int]:
     return int(sched.get("executed", 0)), int(sched.get("skipped", 0))
 
 
+def _gc_delta(facts0: dict[str, Any], facts1: dict[str, Any]) -> dict[str, Any] | None:
+    """The collector's work inside the window alone: the totals include start-up's passes."""
+    gc0, gc1 = ((f.get("event_loop") or {}).get("gc") for f in (facts0, facts1))
+    if not gc0 or not gc1:
+        return None
+    return {
+        "collections": [b - a for a, b in zip(gc0["collections"], gc1["collections"], strict=True)],
+        "pause_total_s": round(gc1["pause_total_s"] - gc0["pause_total_s"], 3),
+    }
+
+
 def _lag_poll_every(rate: float) -> float:
     """Poll before the daemon's 10,000-sample lag window has turned over."""
     return max(0.5, min(5.0, 0.8 * 10_000 / max(rate, 1.0)))
@@ -314,6 +325,7 @@ async def _measure_daemon(
         "daemon_cpu_sys_share": sys_share,  # kernel time: loopback TCP is done in syscalls
         "peak_rss_mb": measure.memory_mb(child.pid, "VmHWM"),
         "gc": (facts1.get("event_loop") or {}).get("gc"),
+        "gc_in_window": _gc_delta(facts0, facts1),
         "rss_end_mb": measure.memory_mb(child.pid, "VmRSS"),
         "rows_written": facts1["writer"]["written"] - facts0["writer"]["written"],
         "writer_queued_end": facts1["writer"]["queued"],
