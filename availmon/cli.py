@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from availmon.clock import SystemClock
-from availmon.config import Settings, load_settings
+from availmon.config import Settings, config_warnings, load_settings
 from availmon.errors import AvailmonError, ConfigError, NotFound, field_errors
 from availmon.logs import configure_logging, get_logger
 from availmon.model import Endpoint, EndpointSource, Status
@@ -110,6 +110,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         _report_config_error(exc)
         return EXIT_CONFIG
     path, _ = _config_path(args)
+    warnings = config_warnings(settings)
+    if warnings:  # valid all the same: exit 0
+        sys.stderr.write("".join(f"warning: {path}: {w.field}: {w.message}\n" for w in warnings))
     sys.stdout.write(f"{path}: ok ({len(settings.endpoints)} endpoints)\n")
     return 0
 

@@ -212,6 +212,16 @@ class Settings(BaseSettings):
         return list(self.endpoints)
 
 
+def config_warnings(settings: Settings) -> list[FieldError]:
+    """What is valid but works against the operator: reported, never refused."""
+    warnings = []
+    for index, endpoint in enumerate(settings.endpoint_specs):
+        overrun = endpoint.overrun_warning()
+        if overrun is not None:
+            warnings.append(FieldError(f"endpoints[{index}].retries", overrun))
+    return warnings
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:

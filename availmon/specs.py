@@ -164,6 +164,19 @@ class EndpointBase(BaseModel):
         """Upper bound of one whole check, all attempts included."""
         return self.timeout * (self.retries + 1)
 
+    def overrun_warning(self) -> str | None:
+        """Why this endpoint's checks can outlast their interval, or None. Valid, but a check
+        whose attempts time out then runs past its next slot, and that slot is skipped (a
+        failed check's recheck still comes recheck_interval after it ends)."""
+        longest = self.max_check_seconds
+        if longest < self.check_interval:  # always so without retries: timeout < interval
+            return None
+        return (
+            f"timeout ({self.timeout:g} s) x (retries {self.retries} + 1) = {longest:g} s is not"
+            f" less than check_interval ({self.check_interval:g} s): a check whose attempts"
+            " time out runs past its next slot, which is skipped"
+        )
+
 
 # Strict: true is no status code (lax validation made it 1), "200" is one only where a class
 # such as "2xx" may stand (the str branch validates it)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from availmon.charts import ChartService
 from availmon.errors import Conflict, FieldError, NotFound, ValidationFailed, field_errors
+from availmon.logs import get_logger
 from availmon.maintenance import (
     MaintenanceCalendar,
     MaintenanceStatus,
@@ -37,6 +38,9 @@ def validate_endpoint(data: dict[str, Any] | BaseModel) -> AnyEndpoint:
         raise ValidationFailed("invalid endpoint", field_errors(exc)) from None
 
 
+log = get_logger("availmon.fleet")
+
+
 class Fleet:
     """Keeps the monitor and the scheduler in step: what is watched is scheduled."""
 
@@ -49,6 +53,14 @@ class Fleet:
             self.remove(endpoint.id)
             return
         self.monitor.watch(endpoint)
+        overrun = endpoint.spec.overrun_warning()
+        if overrun is not None:  # at start-up, and when a reload or the API changes it
+            log.warning(
+                "check_can_outlast_interval",
+                endpoint_id=endpoint.id,
+                endpoint_name=endpoint.name,
+                detail=overrun,
+            )
         if self.scheduler is not None and (reschedule or endpoint.id not in self.scheduler):
             spec = endpoint.spec
             self.scheduler.schedule(

@@ -95,14 +95,31 @@ async def test_check_by_name_from_config(server: str, tmp_path: Path):
 
 
 async def test_validate_lists_errors_and_exits_nonzero(tmp_path: Path):
-    code, out, _ = await availmon("validate", "--config", str(ROOT / "config.example.toml"))
-    assert code == 0 and "ok (4 endpoints)" in out
+    code, out, err = await availmon("validate", "--config", str(ROOT / "config.example.toml"))
+    assert code == 0 and "ok (4 endpoints)" in out and "warning" not in err
     bad = tmp_path / "bad.toml"
     bad.write_text('[api]\nport = "x"\nfoo = 1\n')
     code, _, err = await availmon("--config", str(bad), "validate")
     assert code == 2
     assert f"{bad}: api.port: Input should be a valid integer" in err
     assert f"{bad}: api.foo: unknown key" in err
+
+
+async def test_validate_warns_of_checks_that_can_outlast_their_interval(tmp_path: Path):
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[[endpoints]]\nname = "fits"\nurl = "tcp://127.0.0.1:9"\ncheck_interval = 10.0\n'
+        "timeout = 4.0\nretries = 1\n"
+        '[[endpoints]]\nname = "overruns"\nurl = "tcp://127.0.0.1:9"\ncheck_interval = 10.0\n'
+        "timeout = 4.0\nretries = 2\n"
+    )
+    code, out, err = await availmon("validate", "--config", str(config))
+    assert code == 0 and "ok (2 endpoints)" in out  # valid: a warning, not an error
+    assert err == (
+        f"warning: {config}: endpoints[1].retries: timeout (4 s) x (retries 2 + 1) = 12 s is"
+        " not less than check_interval (10 s): a check whose attempts time out runs past its"
+        " next slot, which is skipped\n"
+    )
 
 
 async def test_migrate_applies_and_is_idempotent(pg_dsn: str, tmp_path: Path):
