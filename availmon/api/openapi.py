@@ -164,7 +164,11 @@ def _components() -> dict[str, JsonSchema]:
     schemas["Health"] = {"type": "object", "properties": {"status": {"const": "ok"}}}
     schemas["Readiness"] = {
         "type": "object",
-        "properties": {"ready": {"type": "boolean"}, "problems": {"type": "array"}},
+        "properties": {
+            "ready": {"type": "boolean"},
+            "problems": {"type": "array"},
+            "warnings": {"type": "array"},
+        },
         "required": ["ready"],
     }
     schemas["OpenApi"] = {"type": "object", "required": ["openapi", "paths"]}

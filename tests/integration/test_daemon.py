@@ -288,3 +288,30 @@ async def test_readyz_reports_the_spool_while_postgres_is_away(pg_state_dir: Pat
         assert gc.get_freeze_count() == 0 and gc.get_threshold() != GC_THRESHOLDS
     finally:
         await server.stop()
+
+
+async def test_readyz_warns_of_overload_and_late_checks_and_stays_ready(
+    pg_dsn: str, target: Target
+) -> None:
+    endpoints = [{"name": f"web-{i}", "url": target.url, **FAST} for i in range(3)]
+    async with build_daemon(settings_for(pg_dsn, endpoints)) as daemon:
+        url = f"http://127.0.0.1:{daemon.api_port}/readyz"
+
+        async def readyz() -> tuple[int, Any]:
+            async with aiohttp.ClientSession() as session, session.get(url) as resp:
+                return resp.status, await resp.json()
+
+        async def checked_twice() -> bool:
+            return daemon.scheduler.executed >= 6
+
+        await wait_for(checked_twice)
+        status, body = await readyz()
+        assert status == 200 and body["warnings"] == []
+        time.sleep(1.3)  # the whole daemon shares this loop: every check due meanwhile waits
+        await asyncio.sleep(0.3)  # the late ones start, the lag monitor wakes
+        status, body = await readyz()
+    assert status == 200 and body["ready"] is True and body["problems"] == []
+    overload, late = body["warnings"]
+    assert overload.startswith("event loop overloaded: a wake-up came ")
+    assert late.startswith("checks start late: schedule lag p99 ")
+    assert body["scheduler"]["lag_ms_p99"] > 1000
