@@ -194,14 +194,30 @@ class StatusView:
     def endpoints_json(self, watched: list[Watched], generation: int) -> tuple[bytes, Counter[str]]:
         """(the JSON array of every watched endpoint's state sorted by name, counts per
         status); `generation` is Monitor.generation, `watched` its endpoints."""
+        self.bring_current(watched, generation)
+        if self._body is None:
+            self._body = self.joined(b"", b"")
+        return self._body, self._counts
+
+    def bring_current(self, watched: list[Watched], generation: int) -> Counter[str]:
+        """Apply what changed since the last call; the counts per status, current."""
         if generation != self._generation:
             self._rebuild(watched, generation)
             self._dirty.clear()
         else:
             self._apply_changes()
-        if self._body is None:
-            self._body = b"[" + b",".join(self._parts) + b"]"
-        return self._body, self._counts
+        return self._counts
+
+    def joined(self, before: bytes, after: bytes) -> bytes:
+        """`before + endpoints array + after` in one copy: the array is 14.5 MB at 50,000
+        endpoints, and concatenating it into a document copied it twice more per request."""
+        parts = self._parts
+        if not parts:
+            return before + b"[]" + after
+        pieces = parts.copy()  # references only
+        pieces[0] = before + b"[" + pieces[0]
+        pieces[-1] = pieces[-1] + b"]" + after
+        return b",".join(pieces)
 
     async def keep_current(
         self, source: Callable[[], tuple[list[Watched], int]], period_s: float = REFRESH_S

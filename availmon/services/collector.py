@@ -77,21 +77,17 @@ class ServiceAvailabilityCollector:
     def summary_json(self) -> bytes:
         """summary() encoded, from per-endpoint fragments that are rebuilt only on change."""
         watched = self._monitor.all()
-        endpoints, counts = self._view.endpoints_json(watched, self._monitor.generation)
+        counts = self._view.bring_current(watched, self._monitor.generation)
         head = {
             "counts": {status.value: counts.get(status.value, 0) for status in Status},
             "total": len(watched),
         }
         extra = {name: section() for name, section in self.extra_status.items()}
-        pieces = [
-            json.dumps(head, separators=(",", ":")).encode()[:-1],
-            b',"endpoints":',
-            endpoints,
-        ]
+        before = json.dumps(head, separators=(",", ":")).encode()[:-1] + b',"endpoints":'
+        after = b"}"
         if extra:
-            pieces += [b",", json.dumps(extra, separators=(",", ":")).encode()[1:-1]]
-        pieces.append(b"}")
-        return b"".join(pieces)  # one copy of the array (14.5 MB at 50,000), not three
+            after = b"," + json.dumps(extra, separators=(",", ":")).encode()[1:-1] + b"}"
+        return self._view.joined(before, after)  # one copy of the array (14.5 MB at 50,000)
 
 
 def _by_name(w: Watched) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
+
 from availmon.clock import SystemClock
 from availmon.model import Endpoint, EndpointSource, ProbeResult, Reason, Status
 from availmon.probes import ProbeContext
@@ -48,6 +50,17 @@ async def test_fragments_match_a_fresh_build_and_follow_changes():
     monitor.unwatch(7)
     decoded = json.loads(collector.summary_json())
     assert decoded["total"] == 299 and all(e["id"] != 7 for e in decoded["endpoints"])
+
+
+@pytest.mark.parametrize("size", [0, 1, 2])
+async def test_the_document_is_joined_right_at_every_size(size: int):
+    _, collector, context = fleet(size)
+    for extra in ({}, {"redis": {"available": False}}):
+        collector.extra_status = {name: (lambda v=v: v) for name, v in extra.items()}
+        body = collector.summary_json()
+        assert json.loads(body) == collector.summary()
+        assert body.count(b'"endpoints":[') == 1
+    await context.close()
 
 
 def test_the_written_out_fragment_is_byte_for_byte_the_encoded_dict():
