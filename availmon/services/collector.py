@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -53,9 +52,10 @@ class ServiceAvailabilityCollector:
         return [(w.endpoint, r) for w, r in zip(watched, results, strict=True)]
 
     def status_counts(self) -> dict[str, int]:
-        counts = Counter(
-            (w.machine.state.status or Status.UNKNOWN).value for w in self._monitor.all()
-        )
+        """Endpoints per status, never-checked ones UNKNOWN. From the status view's counts,
+        which it keeps per fragment anyway: counting 50,000 endpoints afresh held the loop
+        ~25 ms each time the systemd status line was written (every 5 s)."""
+        counts = self._view.bring_current(self._monitor.all(), self._monitor.generation)
         return {status.value: counts.get(status.value, 0) for status in Status}
 
     def snapshot(self) -> list[EndpointNow]:

@@ -63,6 +63,21 @@ async def test_the_document_is_joined_right_at_every_size(size: int):
     await context.close()
 
 
+async def test_status_counts_follow_checks_and_count_the_never_checked_unknown():
+    monitor, collector, context = fleet(5)
+    never = monitor.get(1)
+    never.machine = type(never.machine)(never.machine.thresholds)  # not checked yet
+    assert collector.status_counts() == {s.value: 0 for s in Status} | {"UP": 4, "UNKNOWN": 1}
+    for _ in range(3):  # refused by the closed port: DOWN
+        await monitor.check(2)
+    independent = {s.value: 0 for s in Status}
+    for w in monitor.all():
+        independent[(w.machine.state.status or Status.UNKNOWN).value] += 1
+    assert collector.status_counts() == independent
+    assert independent["DOWN"] == 1 and independent["UP"] == 3
+    await context.close()
+
+
 def test_the_written_out_fragment_is_byte_for_byte_the_encoded_dict():
     from availmon.model import Severity
     from availmon.status_view import _dumps, _dynamic, _dynamic_json
