@@ -216,6 +216,8 @@ def config_warnings(settings: Settings) -> list[FieldError]:
     """What is valid but works against the operator: reported, never refused."""
     warnings = []
     for index, endpoint in enumerate(settings.endpoint_specs):
+        if not endpoint.is_active:
+            continue  # never checked: nothing to overrun
         overrun = endpoint.overrun_warning()
         if overrun is not None:
             warnings.append(FieldError(f"endpoints[{index}].retries", overrun))

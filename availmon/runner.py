@@ -233,6 +233,8 @@ class Monitor:
                     await self._transitions.store(watched, transitions)
             finally:
                 transition_lock.release()
+                # also when storing was cancelled or recording failed: the state has moved
+                self._changed(watched)
             self._tell(watched, result, transitions)
             return result
         finally:
@@ -262,7 +264,6 @@ class Monitor:
         return transitions
 
     def _tell(self, watched: Watched, result: ProbeResult, transitions: list[Transition]) -> None:
-        self._changed(watched)
         for listener in self._listeners:
             try:
                 listener(watched, result, transitions)

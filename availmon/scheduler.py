@@ -91,6 +91,7 @@ class CheckScheduler:
         self._aps = AsyncIOScheduler(timezone="UTC")
         self._loop: asyncio.AbstractEventLoop | None = None
         self.lags: deque[float] = deque(maxlen=LAG_SAMPLES)
+        self.lag_times: deque[float] = deque(maxlen=LAG_SAMPLES)  # loop time of each lag
         self.executed = 0
         self.skipped = 0
 
@@ -125,6 +126,18 @@ class CheckScheduler:
     def scheduled_count(self) -> int:
         return len(self._plans)
 
+    def recent_lags(self, within_s: float) -> list[float]:
+        """The schedule lags of the checks that started in the last `within_s` seconds."""
+        if self._loop is None:
+            return []
+        since = self._loop.time() - within_s
+        recent = []
+        for started, lag in zip(reversed(self.lag_times), reversed(self.lags), strict=False):
+            if started < since:
+                break
+            recent.append(lag)
+        return recent
+
     def check_started(self) -> None:
         """The monitor calls this when a check's first attempt starts, past the concurrency
         limit and the endpoint's lock: the schedule lag is the time from the planned start to
@@ -132,7 +145,9 @@ class CheckScheduler:
         check not started by the scheduler (an API "check now") is not counted."""
         planned = _PLANNED.get()
         if planned is not None and self._loop is not None:
-            self.lags.append(self._loop.time() - planned)
+            now = self._loop.time()
+            self.lags.append(now - planned)
+            self.lag_times.append(now)  # floats: nothing for the cyclic collector to walk
 
     def add_job(self, func: Callable[..., Any], trigger: str, **kwargs: Any) -> None:
         """Housekeeping jobs (partition upkeep, ...) run on the same APScheduler."""

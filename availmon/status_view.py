@@ -187,6 +187,11 @@ class StatusView:
         self._counts: Counter[str] = Counter()
         self._body: bytes | None = None
 
+    @property
+    def generation(self) -> int:
+        """The Monitor.generation the fragments were built for (-1: never built)."""
+        return self._generation
+
     def changed(self, endpoint_id: int) -> None:
         """The monitor's change listener: O(1), the work waits for the next request."""
         self._dirty.add(endpoint_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -54,8 +55,14 @@ class ServiceAvailabilityCollector:
     def status_counts(self) -> dict[str, int]:
         """Endpoints per status, never-checked ones UNKNOWN. From the status view's counts,
         which it keeps per fragment anyway: counting 50,000 endpoints afresh held the loop
-        ~25 ms each time the systemd status line was written (every 5 s)."""
-        counts = self._view.bring_current(self._monitor.all(), self._monitor.generation)
+        ~25 ms each time the systemd status line was written (every 5 s). Counted afresh while
+        the view is out of date (start-up, a reload): rebuilding it here would do at once what
+        its refresher does in slices."""
+        watched, generation = self._monitor.all(), self._monitor.generation
+        if self._view.generation == generation:  # brought current: at most 1 s of changes
+            counts = self._view.bring_current(watched, generation)
+        else:  # the view's rebuild is the refresher's, in slices (at once: 430 ms at 50,000)
+            counts = Counter((w.machine.state.status or Status.UNKNOWN).value for w in watched)
         return {status.value: counts.get(status.value, 0) for status in Status}
 
     def snapshot(self) -> list[EndpointNow]:

@@ -112,9 +112,11 @@ async def test_validate_warns_of_checks_that_can_outlast_their_interval(tmp_path
         "timeout = 4.0\nretries = 1\n"
         '[[endpoints]]\nname = "overruns"\nurl = "tcp://127.0.0.1:9"\ncheck_interval = 10.0\n'
         "timeout = 4.0\nretries = 2\n"
+        '[[endpoints]]\nname = "off"\nurl = "tcp://127.0.0.1:9"\ncheck_interval = 10.0\n'
+        "timeout = 4.0\nretries = 2\nis_active = false\n"  # never checked: not warned of
     )
     code, out, err = await availmon("validate", "--config", str(config))
-    assert code == 0 and "ok (2 endpoints)" in out  # valid: a warning, not an error
+    assert code == 0 and "ok (3 endpoints)" in out  # valid: a warning, not an error
     assert err == (
         f"warning: {config}: endpoints[1].retries: timeout (4 s) x (retries 2 + 1) = 12 s is"
         " not less than check_interval (10 s): a check whose attempts time out runs past its"

@@ -309,6 +309,7 @@ async def test_readyz_warns_of_overload_and_late_checks_and_stays_ready(
         assert looplag is not None
         looplag.recent.clear()  # start-up's own pauses (the freeze's full pass) are past
         daemon.scheduler.lags.clear()
+        daemon.scheduler.lag_times.clear()
         await asyncio.sleep(0.2)
         status, body = await readyz()
         assert status == 200 and body["warnings"] == []

@@ -160,3 +160,21 @@ async def test_a_check_not_started_by_the_scheduler_adds_no_lag():
     scheduler.check_started()  # an API "check now" runs in the request's task
     await scheduler.stop(1.0)
     assert list(scheduler.lags) == []
+
+
+async def test_recent_lags_hold_only_the_checks_started_within_the_window():
+    async def check(endpoint_id: int) -> ProbeResult:
+        scheduler.check_started()
+        return ProbeResult(Status.UP, Reason.OK, 1.0)
+
+    scheduler = CheckScheduler(check, tick_interval=0.02)
+    scheduler.schedule(1, 0.05, 0.05, first_delay=0.0)
+    scheduler.start()
+    await asyncio.sleep(0.32)
+    await scheduler.stop(1.0)
+    everything = len(scheduler.lags)
+    assert everything >= 5
+    recent = scheduler.recent_lags(0.12)  # about the last two or three of them
+    assert 1 <= len(recent) < everything
+    assert recent == list(reversed(scheduler.lags))[: len(recent)]
+    assert scheduler.recent_lags(10.0) == list(reversed(scheduler.lags))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 
@@ -132,3 +133,53 @@ async def test_the_background_refresh_leaves_a_request_nothing_to_rebuild():
     finally:
         task.cancel()
         await context.close()
+
+
+async def test_status_counts_do_not_rebuild_an_out_of_date_view_at_once():
+    monitor, collector, context = fleet(20)
+    collector.summary_json()  # the view is built
+    built = collector._view.generation
+    monitor.unwatch(3)  # a new generation: the refresher rebuilds it, in slices
+    counts = collector.status_counts()
+    assert collector._view.generation == built  # not rebuilt here
+    assert counts["UP"] == 19 and sum(counts.values()) == 19
+    await context.close()
+
+
+class _HangingPostgres:
+    """An outage store whose server never answers (a PostgreSQL that hangs)."""
+
+    async def open_outage(self, *args: object) -> object:
+        await asyncio.Event().wait()
+
+    async def close_outage(self, *args: object) -> object:
+        await asyncio.Event().wait()
+
+    async def record_status_change(self, *args: object) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_check_cancelled_while_storing_still_shows_its_new_state():
+    context = ProbeContext()
+    monitor = Monitor(
+        clock=SystemClock(), probe_context=context, max_concurrency=1, store=_HangingPostgres()
+    )
+    spec = ENDPOINT_ADAPTER.validate_python(
+        {"name": "gone", "url": "tcp://127.0.0.1:9", "failure_threshold": 1}
+    )
+    monitor.watch(Endpoint(1, spec, EndpointSource.CONFIG))
+    collector = ServiceAvailabilityCollector(None, monitor)
+    collector.summary_json()  # the view is current
+    check = asyncio.ensure_future(monitor.check(1))
+    watched = monitor.get(1)
+    for _ in range(200):  # refused at once; then the opening outage waits for the store
+        await asyncio.sleep(0.01)
+        if watched.machine.state.status is Status.DOWN:
+            break
+    check.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await check
+    assert watched.machine.state.status is Status.DOWN
+    assert collector.status_counts()["DOWN"] == 1
+    assert json.loads(collector.summary_json())["endpoints"][0]["status"] == "DOWN"
+    await context.close()
