@@ -288,6 +288,12 @@ def loop_implementation() -> str:
     return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 
+def _quantile_ms(ascending_ms: list[float], q: float) -> float | None:
+    if not ascending_ms:
+        return None
+    return round(ascending_ms[min(len(ascending_ms) - 1, int(q * len(ascending_ms)))], 3)
+
+
 def readiness(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
     stats = daemon.writer.stats
     problems = []
@@ -295,7 +301,7 @@ def readiness(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
     lags_ms = sorted(lag * 1000 for lag in daemon.scheduler.lags)
 
     def lag_ms(q: float) -> float | None:
-        return round(lags_ms[min(len(lags_ms) - 1, int(q * len(lags_ms)))], 3) if lags_ms else None
+        return _quantile_ms(lags_ms, q)
 
     if stats.failing:
         problems.append(f"results are not reaching PostgreSQL: {stats.last_error}")
@@ -310,9 +316,9 @@ def readiness(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
             " last 10 s; check timings are unreliable (a check stalled for over"
             " min(250 ms, timeout/4) is recorded UNKNOWN overloaded)"
         )
-    recent = sorted(daemon.scheduler.recent_lags(LAG_WARNING_WINDOW_S))
-    p99 = round(recent[min(len(recent) - 1, int(0.99 * len(recent)))] * 1000, 3) if recent else 0
-    if p99 > LAG_WARNING_MS:
+    recent = sorted(lag * 1000 for lag in daemon.scheduler.recent_lags(LAG_WARNING_WINDOW_S))
+    p99 = _quantile_ms(recent, 0.99)
+    if p99 is not None and p99 > LAG_WARNING_MS:
         warnings.append(
             f"checks start late: schedule lag p99 {p99:g} ms over the {len(recent)} checks"
             f" started in the last {LAG_WARNING_WINDOW_S:g} s (warned above"

@@ -185,7 +185,6 @@ class StatusView:
         self._prefixes: list[bytes] = []  # '{"id":..,"tags":[..],' of each endpoint
         self._statuses: list[str] = []
         self._counts: Counter[str] = Counter()
-        self._body: bytes | None = None
 
     @property
     def generation(self) -> int:
@@ -196,16 +195,9 @@ class StatusView:
         """The monitor's change listener: O(1), the work waits for the next request."""
         self._dirty.add(endpoint_id)
 
-    def endpoints_json(self, watched: list[Watched], generation: int) -> tuple[bytes, Counter[str]]:
-        """(the JSON array of every watched endpoint's state sorted by name, counts per
-        status); `generation` is Monitor.generation, `watched` its endpoints."""
-        self.bring_current(watched, generation)
-        if self._body is None:
-            self._body = self.joined(b"", b"")
-        return self._body, self._counts
-
     def bring_current(self, watched: list[Watched], generation: int) -> Counter[str]:
-        """Apply what changed since the last call; the counts per status, current."""
+        """Apply what changed since the last call; the counts per status, current.
+        `generation` is Monitor.generation, `watched` its endpoints."""
         if generation != self._generation:
             self._rebuild(watched, generation)
             self._dirty.clear()
@@ -214,7 +206,8 @@ class StatusView:
         return self._counts
 
     def joined(self, before: bytes, after: bytes) -> bytes:
-        """`before + endpoints array + after` in one copy: the array is 14.5 MB at 50,000
+        """`before + the JSON array of every endpoint's state sorted by name + after`, as of
+        the last bring_current(), in one copy: the array is 14.5 MB at 50,000
         endpoints, and concatenating it into a document copied it twice more per request."""
         parts = self._parts
         if not parts:
@@ -250,7 +243,6 @@ class StatusView:
             if position is not None:
                 self._refresh(position)
         self._dirty.clear()
-        self._body = None
 
     async def _apply_changes_in_slices(self) -> None:
         """_apply_changes, SLICE fragments at a time: after a round of checks at 50,000
@@ -262,7 +254,6 @@ class StatusView:
                 position = self._position.get(dirty.pop())
                 if position is not None:
                     self._refresh(position)
-            self._body = None
             await asyncio.sleep(0)
 
     async def _rebuild_in_slices(self, watched: list[Watched], generation: int) -> None:
@@ -304,7 +295,6 @@ class StatusView:
         self._statuses = statuses if statuses is not None else [_status_name(w) for w in order]
         self._counts = Counter(self._statuses)
         self._generation = generation
-        self._body = None
 
     def _refresh(self, position: int) -> None:
         w = self._order[position]

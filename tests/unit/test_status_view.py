@@ -125,7 +125,8 @@ async def test_the_background_refresh_leaves_a_request_nothing_to_rebuild():
             if not view._dirty:
                 break
         assert not view._dirty
-        body, counts = view.endpoints_json(monitor.all(), monitor.generation)
+        counts = view.bring_current(monitor.all(), monitor.generation)
+        body = view.joined(b"", b"")
         assert json.loads(body) == collector.summary()["endpoints"]
         entry = next(e for e in json.loads(body) if e["id"] == 9)
         assert entry["reason"] == "refused"
