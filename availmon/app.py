@@ -303,9 +303,6 @@ def readiness(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
     # schedule lag (actual start minus planned start) over the latest LAG_SAMPLES launches
     lags_ms = sorted(lag * 1000 for lag in daemon.scheduler.lags)
 
-    def lag_ms(q: float) -> float | None:
-        return _quantile_ms(lags_ms, q)
-
     if stats.failing:
         problems.append(f"results are not reaching PostgreSQL: {stats.last_error}")
     if not daemon.scheduler.running:
@@ -343,8 +340,8 @@ def readiness(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
             "executed": daemon.scheduler.executed,
             "skipped": daemon.scheduler.skipped,
             "lag_samples": len(lags_ms),
-            "lag_ms_p50": lag_ms(0.5),
-            "lag_ms_p99": lag_ms(0.99),
+            "lag_ms_p50": _quantile_ms(lags_ms, 0.5),
+            "lag_ms_p99": _quantile_ms(lags_ms, 0.99),
             "lag_ms_max": round(lags_ms[-1], 3) if lags_ms else None,
         },
         "event_loop": {
